@@ -1,0 +1,3 @@
+from afina.cli import main
+
+main()

@@ -1,0 +1,354 @@
+"""The experiment spec: one pydantic schema, validated once at load.
+
+Every section rejects unknown keys and names the nearest valid one. `train` takes any TRL
+`SFTConfig` field and `lora` any PEFT `LoraConfig` field, so anything those accept can be
+fixed or searched. Relative data paths resolve against the spec file's folder.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import difflib
+import functools
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from afina.errors import UserError
+
+# Fields afina owns: setting them in `train` would break tracking, checkpoints or pruning.
+OWNED_TRAIN_FIELDS = {"output_dir", "report_to", "eval_strategy", "save_strategy", "load_best_model_at_end",
+                      "metric_for_best_model", "greater_is_better", "run_name", "logging_dir"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Model(Strict):
+    ref: str = "smollm2-135m"
+    """Hugging Face model id, a local directory, or an embedded name: smollm2-135m, tiny-random."""
+    method: Literal["lora", "full"] = "lora"
+    trust_remote_code: bool = False
+    """Off unless you trust the model's code: it runs arbitrary Python from the model folder."""
+
+
+class Slice(Strict):
+    path: str | list[str]
+    """File, glob or list of them (jsonl, json, csv, parquet) or a `datasets.save_to_disk` folder."""
+    where: dict[str, Any] = {}
+    """Keep rows whose column equals a value or is in a list, e.g. {category: [REFUND, ORDER]}."""
+    format: Literal["auto", "messages", "prompt_completion", "text"] = "auto"
+    columns: dict[str, str] = {}
+    """Map your columns onto prompt/completion/messages/text, e.g. {prompt: instruction, completion: response}."""
+    system: str | None = None
+    """System prompt prepended to every conversation of this slice."""
+    include: bool = True
+    weight: float = Field(1.0, ge=0, le=1)
+    """Multiplies this slice's natural share of the mix; 0 drops it."""
+    fraction: float = Field(1.0, gt=0, le=1)
+    """Share of the slice's rows used (seeded subsample)."""
+    max_rows: int | None = Field(None, ge=1)
+    language: str | None = None
+    """ISO code the slice should be in (checked by `afina check`)."""
+
+
+class Eval(Strict):
+    path: str | list[str] | None = None
+    """Held-out file(s), same formats as slices. Or leave empty and use `split`."""
+    split: float | None = Field(None, gt=0, lt=1)
+    """Seeded share of the included training rows held out for evaluation."""
+    format: Literal["auto", "messages", "prompt_completion", "text"] = "auto"
+    columns: dict[str, str] = {}
+    system: str | None = None
+    max_rows: int | None = Field(None, ge=1)
+    slices: list[str] | None = None
+    """With split: the slices the eval rows come from (default: all). Hold out only the task you care about."""
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.split is None):
+            raise ValueError("set exactly one of eval.path or eval.split")
+        return self
+
+
+class Data(Strict):
+    slices: dict[str, Slice]
+    eval: Eval
+    seed: int = 0
+
+    @field_validator("slices")
+    @classmethod
+    def _not_empty(cls, v):
+        if not v:
+            raise ValueError("data.slices is empty: name at least one slice, e.g. faq: {path: data/faq.jsonl}")
+        return v
+
+    @model_validator(mode="after")
+    def _eval_slices(self):
+        for name in self.eval.slices or []:
+            if name not in self.slices:
+                raise ValueError(f"data.eval.slices: unknown slice {name!r}{_hint(name, self.slices)}")
+        return self
+
+
+class Dim(Strict):
+    """One search dimension: exactly one of float, int or categorical."""
+
+    # builtins.*: the field names shadow the types inside this class body
+    float: tuple[builtins.float, builtins.float] | None = None
+    int: tuple[builtins.int, builtins.int] | None = None
+    categorical: list[Any] | None = None
+    log: bool = False
+    step: builtins.float | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        kinds = [k for k in ("float", "int", "categorical") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a search dimension needs exactly one of float: [lo, hi], int: [lo, hi], categorical: [..]")
+        bounds = self.float or self.int
+        if bounds and not bounds[0] < bounds[1]:
+            raise ValueError(f"bounds {list(bounds)} must be [low, high] with low < high")
+        if bounds and self.log and bounds[0] <= 0:
+            raise ValueError("log scale needs a positive low bound")
+        if self.categorical is not None and not self.categorical:
+            raise ValueError("categorical needs at least one choice")
+        return self
+
+
+class Search(Strict):
+    space: dict[str, Dim] = {}
+    """Dotted keys: train.<SFTConfig field>, lora.<LoraConfig field>, slices.<name>.include|weight|fraction."""
+    n_trials: int = Field(10, ge=1)
+    timeout: float | None = Field(None, gt=0)
+    """Seconds this worker may spend before it stops starting new trials."""
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    sampler_args: dict[str, Any] = {}
+    """Extra keyword arguments for the Optuna sampler, e.g. {n_startup_trials: 4}."""
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "median"
+    pruner_args: dict[str, Any] = {}
+    """Extra keyword arguments for the Optuna pruner, e.g. {n_startup_trials: 2, n_warmup_steps: 4}."""
+    objective: str | list[str] = "eval_loss"
+    direction: Literal["minimize", "maximize"] | list[Literal["minimize", "maximize"]] | None = None
+    """Defaults to minimize for names ending in loss/runtime, maximize otherwise."""
+    seed: int = 0
+    heartbeat: int | None = Field(60, ge=1)
+    """Seconds between a worker's heartbeats; a trial silent for 3 beats is failed and retried."""
+
+    @field_validator("space")
+    @classmethod
+    def _space_not_empty(cls, v):
+        if not v:
+            raise ValueError("search.space is empty: add at least one dimension, e.g. train.learning_rate: {float: [1e-5, 1e-3], log: true}")
+        return v
+
+    @property
+    def objectives(self) -> list[str]:
+        return [self.objective] if isinstance(self.objective, str) else list(self.objective)
+
+    @property
+    def directions(self) -> list[str]:
+        if self.direction is None:
+            return ["minimize" if o.endswith(("loss", "runtime")) else "maximize" for o in self.objectives]
+        return [self.direction] if isinstance(self.direction, str) else list(self.direction)
+
+    @model_validator(mode="after")
+    def _directions_match(self):
+        if not self.objectives:
+            raise ValueError("search.objective is empty")
+        if len(self.directions) != len(self.objectives):
+            raise ValueError(f"search.direction has {len(self.directions)} entries for {len(self.objectives)} objectives")
+        return self
+
+
+class Prompt(Strict):
+    prompt: str
+    reference: str | None = None
+
+
+class Samples(Strict):
+    prompts: list[Prompt | str] = []
+    path: str | None = None
+    """A jsonl of {prompt, reference} rows, used in addition to `prompts`."""
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    """0 means greedy decoding, so samples are comparable across trials."""
+    system: str | None = None
+
+
+class Tracking(Strict):
+    experiment: str | None = None
+    """MLflow experiment name; defaults to the spec's name."""
+    mlflow_uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_root: str = "mlruns/artifacts"
+    optuna_storage: str = "sqlite:///mlruns/optuna.db"
+    checkpoint_dir: str = "mlruns/checkpoints"
+    """Scratch space for a running trial's checkpoints; the kept one goes to MLflow."""
+
+
+class Promote(Strict):
+    model_name: str | None = None
+    """Registered model name; defaults to the spec's name."""
+    alias: str = "champion"
+    margin: float = Field(0.0, ge=0)
+    """The candidate must beat the champion by more than this on the promotion set."""
+    path: str | list[str] | None = None
+    """Held-out promotion set; defaults to the eval set."""
+
+
+class Spec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Study name, and the default MLflow experiment and registered model name."""
+    description: str = ""
+    model: Model = Model()
+    data: Data
+    train: dict[str, Any] = {}
+    lora: dict[str, Any] = {}
+    search: Search
+    samples: Samples = Samples()
+    tracking: Tracking = Tracking()
+    promote: Promote = Promote()
+    base_dir: Path = Field(Path("."), exclude=True)
+    """Folder of the spec file; relative data paths resolve against it (not a YAML key)."""
+
+    @field_validator("train")
+    @classmethod
+    def _train_fields(cls, v):
+        for key, value in v.items():
+            _check_field(key, "train", sft_fields(), value)
+        return v
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_fields(cls, v):
+        for key, value in v.items():
+            _check_field(key, "lora", lora_fields(), value)
+        return v
+
+    @model_validator(mode="after")
+    def _space_keys(self):
+        for key in self.search.space:
+            section, _, rest = key.partition(".")
+            if section == "train":
+                _check_field(rest, f"search.space.{key!r}: train", sft_fields())
+            elif section == "lora":
+                if self.model.method != "lora":
+                    raise ValueError(f"search.space.{key}: lora fields need model.method: lora")
+                _check_field(rest, f"search.space.{key!r}: lora", lora_fields())
+            elif section == "slices":
+                name, _, attr = rest.partition(".")
+                if name not in self.data.slices:
+                    raise ValueError(f"search.space.{key}: unknown slice {name!r}{_hint(name, self.data.slices)}")
+                if attr not in ("include", "weight", "fraction"):
+                    raise ValueError(f"search.space.{key}: slices can search include, weight or fraction{_hint(attr, ['include', 'weight', 'fraction'])}")
+            else:
+                raise ValueError(f"search.space.{key}: keys start with train., lora. or slices.{_hint(section, ['train', 'lora', 'slices'])}")
+        if self.search.sampler == "grid":
+            for key, dim in self.search.space.items():
+                if dim.float is not None and dim.step is None:
+                    raise ValueError(f"search.space.{key}: the grid sampler needs a step or categorical choices")
+        return self
+
+    def path(self, p: str) -> Path:
+        return (self.base_dir / p).expanduser()
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def model_name(self) -> str:
+        return self.promote.model_name or self.name
+
+
+@functools.cache
+def sft_fields() -> dict[str, Any]:
+    """SFTConfig field name -> default value, minus the fields afina owns."""
+    from trl import SFTConfig
+
+    return {f.name: f.default for f in dataclasses.fields(SFTConfig) if f.name not in OWNED_TRAIN_FIELDS}
+
+
+@functools.cache
+def lora_fields() -> dict[str, Any]:
+    from peft import LoraConfig
+
+    return {f.name: f.default for f in dataclasses.fields(LoraConfig) if f.name not in ("task_type", "peft_type")}
+
+
+def _hint(word: str, choices) -> str:
+    near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _check_field(key: str, where: str, valid: dict[str, Any], value: Any = None) -> None:
+    if key in OWNED_TRAIN_FIELDS and where.endswith("train"):
+        raise ValueError(f"{where}.{key} is managed by afina; remove it")
+    if key not in valid:
+        raise ValueError(f"{where}.{key} is not a known field{_hint(key, valid)}")
+    default = valid[key]
+    # The dataclasses carry no runtime type checks, so catch the common slips here.
+    if isinstance(default, bool) and value is not None and not isinstance(value, bool):
+        raise ValueError(f"{where}.{key} must be true or false, not {value!r}")
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}.{key} must be a number, not {value!r}")
+
+
+def _nearest_key(model: type[BaseModel], loc: tuple) -> str:
+    """Walk the schema along `loc` to suggest a valid key for an unknown one."""
+    cls: Any = model
+    for part in loc[:-1]:
+        field = cls.model_fields.get(part) if isinstance(part, str) and hasattr(cls, "model_fields") else None
+        if field is None:  # a dict key such as slices.<name>: keep the value's model
+            continue
+        ann = field.annotation
+        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else (args[-1] if args else cls)
+    return _hint(str(loc[-1]), getattr(cls, "model_fields", {}).keys())
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, which reads 1e-4 as a string; accept it as the float people mean."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d+)[eE][-+]?\d+$|^[-+]?\d[\d_]*\.[\d_]*$|^[-+]?\.\d+$"),
+    list("-+0123456789."),
+)
+
+
+def load(path: str | Path) -> Spec:
+    """Read and validate a spec file; raise UserError with one line naming the field and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such spec file; pass the path of a YAML spec, e.g. experiments/quickstart.yaml")
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a spec is a YAML mapping with name, data and search sections")
+    try:
+        spec = Spec.model_validate({**raw, "base_dir": path.parent})
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            hint = _nearest_key(Spec, err["loc"])
+            raise UserError(f"{path}: unknown key '{loc}'{hint}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise UserError(f"{path}: {loc}: {msg}" if loc else f"{path}: {msg}") from None
+    for key, value in spec.train.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{path}: train.{key} must be a finite number")
+    return spec

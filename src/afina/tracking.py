@@ -1,0 +1,136 @@
+"""MLflow glue: the store, the sweep's parent run, child runs and what goes into them.
+
+Runs are addressed by id through the client, never through the fluent active-run stack, so a
+worker's state cannot leak from one trial into the next.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from afina.errors import UserError
+
+TAG = "afina."  # prefix of every tag afina writes
+
+
+def redact(url: str) -> str:
+    """Hide the password in a storage URL before it is printed or logged."""
+    return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", url)
+
+
+def sqlite_path(url: str) -> Path | None:
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def prepare_local(url: str) -> None:
+    """Create the folder a SQLite URL points into (only once the spec has validated)."""
+    path = sqlite_path(url)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {path.parent} for {url} ({e.strerror}); choose a writable folder") from None
+
+
+def check_url(url: str, what: str) -> None:
+    scheme = urlsplit(url).scheme.split("+")[0]
+    ok = {"mlflow_uri": ("sqlite", "postgresql", "mysql", "http", "https", "databricks"),
+          "optuna_storage": ("sqlite", "postgresql", "mysql")}[what]
+    if scheme not in ok:
+        raise UserError(f"tracking.{what} {redact(url)!r}: unsupported scheme {scheme!r}; use one of {', '.join(ok)}")
+
+
+def client(uri: str):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment(c, name: str, artifact_root: str, uri: str) -> str:
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    # A server chooses its own artifact root; a local store puts artifacts under the project's.
+    location = None if uri.startswith("http") else Path(artifact_root).resolve().as_uri()
+    return c.create_experiment(name, artifact_location=location)
+
+
+def parent_run(c, experiment_id: str, study, spec, spec_path: str) -> str:
+    """The sweep's run: reused on resume (its id lives in the study's user attributes)."""
+    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    if run_id:
+        try:
+            c.get_run(run_id)
+            c.update_run(run_id, status="RUNNING")
+            return run_id
+        except Exception:  # the MLflow store was wiped; start a fresh parent
+            pass
+    run = c.create_run(experiment_id, run_name=f"sweep-{spec.name}", tags={
+        f"{TAG}role": "sweep", f"{TAG}study": study.study_name, f"{TAG}spec": spec_path,
+        "mlflow.note.content": spec.description or f"afina sweep of {spec.name}",
+    })
+    study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
+    log_params(c, run.info.run_id, {"model.ref": spec.model.ref, "model.method": spec.model.method,
+                                    "search.n_trials": spec.search.n_trials, "search.sampler": spec.search.sampler,
+                                    "search.pruner": spec.search.pruner, "search.objective": ",".join(spec.search.objectives)})
+    c.log_text(run.info.run_id, dump_spec(spec), "spec.yaml")
+    return run.info.run_id
+
+
+def child_run(c, experiment_id: str, parent_id: str, study_name: str, number: int) -> str:
+    run = c.create_run(experiment_id, run_name=f"trial-{number}", tags={
+        "mlflow.parentRunId": parent_id, f"{TAG}role": "trial", f"{TAG}study": study_name,
+        f"{TAG}trial": str(number), f"{TAG}state": "RUNNING",
+    })
+    return run.info.run_id
+
+
+def log_params(c, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, _short(v)) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):  # MLflow's batch limit
+        c.log_batch(run_id, params=items[i:i + 100], synchronous=True)
+
+
+def log_metrics(c, run_id: str, metrics: dict[str, float], step: int, synchronous: bool = False) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)]
+    if batch:
+        c.log_batch(run_id, metrics=batch, synchronous=synchronous)
+
+
+def finish(c, run_id: str, state: str, reason: str | None = None) -> None:
+    """Close a trial run: afina.state says COMPLETE/PRUNED/FAIL; MLflow status follows."""
+    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}.get(state, "KILLED")
+    c.set_tag(run_id, f"{TAG}state", state)
+    if reason:
+        c.set_tag(run_id, f"{TAG}reason", reason[:4000])
+    c.set_terminated(run_id, status=status)
+
+
+def _short(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return s if len(s) <= 6000 else s[:5997] + "..."
+
+
+def dump_spec(spec, overrides: dict[str, Any] | None = None) -> str:
+    import yaml
+
+    data = spec.model_dump(mode="json", exclude={"base_dir"})
+    data["tracking"] = {k: redact(v) if isinstance(v, str) else v for k, v in data["tracking"].items()}
+    if overrides:
+        data["trial_params"] = overrides
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -1,0 +1,191 @@
+"""One trial: the Optuna trial's picks -> SFTConfig (+ LoraConfig) -> SFTTrainer.train().
+
+A plain function of (spec, prepared data, trial). It returns the objective value(s) and leaves
+everything else in its MLflow child run: params, data fingerprints, curves, the samples table,
+the kept checkpoint, and on failure the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from transformers import TrainerCallback
+
+from afina import data, generate, models, space, tracking
+from afina.errors import UserError
+
+
+def run(spec, prepared: data.Prepared, trial, ctx: dict[str, Any], on_step: Callable[[int, int], None] | None = None) -> float | list[float]:
+    """ctx holds the worker's fixed state: client, experiment_id, parent_id, model_dir, prompts."""
+    import optuna
+
+    c = ctx["client"]
+    params = space.suggest(trial, spec.search.space)
+    run_id = tracking.child_run(c, ctx["experiment_id"], ctx["parent_id"], trial.study.study_name, trial.number)
+    trial.set_user_attr("mlflow_run_id", run_id)
+    workdir = Path(spec.tracking.checkpoint_dir) / trial.study.study_name / f"trial-{trial.number}"
+    try:
+        train_kw, lora_kw, choices = space.apply(spec, params)
+        rows, counts = data.mix(prepared, choices, spec.data.seed)
+        data_print = data.fingerprint(rows)
+        trial.set_user_attr("data_fingerprint", data_print)
+        tracking.log_params(c, run_id, {**{f"param.{k}": v for k, v in params.items()},
+                                        **{f"train.{k}": v for k, v in train_kw.items()},
+                                        **{f"lora.{k}": v for k, v in lora_kw.items()},
+                                        **{f"slices.{n}.{a}": v for n, ch in choices.items() for a, v in ch.items()},
+                                        **{f"rows.{n}": v for n, v in counts.items()},
+                                        "rows.train": len(rows), "rows.eval": len(prepared.eval),
+                                        "data.fingerprint": data_print, **{f"data.{k}": v for k, v in prepared.fingerprints.items()},
+                                        "model.ref": spec.model.ref, "model.method": spec.model.method})
+        c.set_tag(run_id, f"{tracking.TAG}data_fingerprint", data_print)
+        if not rows:
+            raise optuna.TrialPruned("every slice is excluded by this trial's choices; nothing to train on")
+        values = _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir, on_step)
+    except optuna.TrialPruned as e:
+        trial.set_user_attr("prune_reason", str(e) or "pruned")
+        tracking.finish(c, run_id, "PRUNED", str(e) or "pruned")
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    except BaseException as e:
+        reason = f"{type(e).__name__}: {e}".strip()
+        c.log_text(run_id, traceback.format_exc(), "error.txt")
+        trial.set_user_attr("fail_reason", reason[:500])
+        if isinstance(e, KeyboardInterrupt):
+            trial.set_user_attr("interrupted", True)  # the next sweep runs these params again
+        tracking.finish(c, run_id, "FAIL", reason)
+        if not isinstance(e, KeyboardInterrupt):
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    tracking.finish(c, run_id, "COMPLETE")
+    return values[0] if len(values) == 1 else values
+
+
+def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir: Path, on_step) -> list[float]:
+    from transformers import PrinterCallback, ProgressCallback
+    from trl import SFTConfig, SFTTrainer
+
+    c = ctx["client"]
+    tok = models.load_tokenizer(ctx["model_dir"], spec.model.trust_remote_code)
+    model = models.load_model(ctx["model_dir"], spec.model.trust_remote_code)
+    total = _total_steps(train_kw, len(rows))
+    every = train_kw.pop("eval_steps", None) or max(1, total // 4)
+    args = SFTConfig(
+        output_dir=str(workdir), report_to="none", run_name=f"trial-{trial.number}",
+        eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every,
+        load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
+        save_total_limit=1, logging_nan_inf_filter=False, disable_tqdm=True,
+        include_num_input_tokens_seen="all", **{**device_defaults(), "logging_steps": 1, **train_kw},
+    )
+    peft_config = None
+    if spec.model.method == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(task_type="CAUSAL_LM", **{"target_modules": "all-linear", **lora_kw})
+    watch = _Watch(c, run_id, trial, total, on_step)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data.to_dataset(rows),
+                         eval_dataset=data.to_dataset(prepared.eval), processing_class=tok,
+                         peft_config=peft_config, callbacks=[watch])
+    for cb in (PrinterCallback, ProgressCallback):  # the rich display and MLflow are the outputs
+        trainer.remove_callback(cb)
+    out = trainer.train()
+    best = trainer.state.best_metric if trainer.state.best_metric is not None else watch.last_eval
+    if best is None:
+        best = trainer.evaluate()["eval_loss"]
+    results = {"eval_loss": best, "train_loss": out.training_loss, "train_runtime": out.metrics.get("train_runtime", 0.0),
+               "train_tokens": float(trainer.state.num_input_tokens_seen)}
+    tracking.log_metrics(c, run_id, {f"best_{k}" if k == "eval_loss" else k: v for k, v in results.items()}, trainer.state.global_step, synchronous=True)
+    _keep_checkpoint(spec, trainer, tok, c, run_id, workdir, trial)
+    _samples(spec, trainer.model, tok, c, run_id, trial.number, ctx["prompts"])
+    missing = [o for o in spec.search.objectives if o not in results]
+    if missing:
+        raise UserError(f"search.objective {missing[0]!r} is not measured; known: {', '.join(results)}")
+    values = [float(results[o]) for o in spec.search.objectives]
+    if not all(math.isfinite(v) for v in values):
+        raise FloatingPointError(f"objective is not finite: {values}")
+    return values
+
+
+def device_defaults() -> dict[str, Any]:
+    """bf16 where the GPU has it, fp32 on CPU (TRL would otherwise ask for bf16 and refuse the CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {"bf16": torch.cuda.is_bf16_supported(), "fp16": False}
+    return {"bf16": False, "fp16": False, "use_cpu": True}
+
+
+def _total_steps(train_kw: dict, n_rows: int) -> int:
+    if train_kw.get("max_steps", -1) > 0:
+        return int(train_kw["max_steps"])
+    per_step = train_kw.get("per_device_train_batch_size", 8) * train_kw.get("gradient_accumulation_steps", 1)
+    return max(1, math.ceil(n_rows / per_step) * math.ceil(train_kw.get("num_train_epochs", 3)))
+
+
+def _keep_checkpoint(spec, trainer, tok, c, run_id, workdir: Path, trial) -> None:
+    """Best weights (adapter only for LoRA) + tokenizer + resolved spec -> MLflow; scratch removed."""
+    best = workdir / "best"
+    trainer.save_model(str(best))  # safetensors; for a PEFT model only the adapter
+    tok.save_pretrained(best)
+    (best / "afina-spec.yaml").write_text(tracking.dump_spec(spec, trial.params), encoding="utf-8")
+    c.log_artifacts(run_id, str(best), "checkpoint")
+    c.set_tag(run_id, f"{tracking.TAG}checkpoint", "checkpoint")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _samples(spec, model, tok, c, run_id: str, number: int, prompts: list[dict]) -> None:
+    if not prompts:
+        return
+    import mlflow
+
+    outputs = generate.generate(model, tok, [p["prompt"] for p in prompts], spec.samples.max_new_tokens,
+                                spec.samples.temperature, spec.samples.system)
+    table = {"trial": [number] * len(prompts), "prompt": [p["prompt"] for p in prompts],
+             "reference": [p.get("reference") or "" for p in prompts], "output": outputs}
+    mlflow.log_table(table, artifact_file="samples.json", run_id=run_id)
+
+
+class _Watch(TrainerCallback):
+    """Trainer callback: curves to MLflow, NaN guard, Optuna pruning, progress. No trainer subclass."""
+
+    def __init__(self, client, run_id, trial, total, on_step):
+        self.c, self.run_id, self.trial, self.total, self.on_step = client, run_id, trial, total, on_step
+        self.last_eval: float | None = None
+        self.t0, self.tokens0 = time.perf_counter(), 0
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = dict(logs or {})
+        loss = logs.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at step {state.global_step}; lower the learning rate or check the data")
+        now, tokens = time.perf_counter(), state.num_input_tokens_seen
+        if "loss" in logs and now > self.t0:
+            logs["tokens_per_second"] = (tokens - self.tokens0) / (now - self.t0)
+        self.t0, self.tokens0 = now, tokens
+        skip = ("total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_tokens_per_second")
+        tracking.log_metrics(self.c, self.run_id, {k: v for k, v in logs.items() if k not in skip}, state.global_step)
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.on_step:
+            self.on_step(state.global_step, self.total)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        import optuna
+
+        value = (metrics or {}).get("eval_loss")
+        if value is None:
+            return
+        if not math.isfinite(value):
+            raise FloatingPointError(f"eval loss became {value} at step {state.global_step}")
+        self.last_eval = value
+        if len(self.trial.study.directions) > 1:
+            return  # Optuna cannot prune multi-objective trials
+        # The pruner compares in the study's direction; eval loss is the proxy, so flip it for maximize.
+        sign = 1.0 if self.trial.study.direction.name == "MINIMIZE" else -1.0
+        self.trial.report(sign * value, state.global_step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {state.global_step}: eval_loss {value:.4f} is worse than its peers")

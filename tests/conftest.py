@@ -1,0 +1,89 @@
+"""Shared fixtures: a temp project with real SQLite stores, a tiny random model, the CLI in-process."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TIENDA = ROOT / "experiments" / "data" / "tienda"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+os.environ.update({"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+                   "DO_NOT_TRACK": "true", "TOKENIZERS_PARALLELISM": "false"})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def afina_cache(tmp_path_factory):
+    """Embedded models are built once per test session into a private cache."""
+    cache = os.environ.get("AFINA_TEST_CACHE") or str(tmp_path_factory.mktemp("afina-cache"))
+    os.environ["AFINA_CACHE"] = cache
+    return Path(cache)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """An empty project folder as the working directory (mlruns/ lands here)."""
+    monkeypatch.chdir(tmp_path)
+    for key in ("AFINA_OPTUNA_STORAGE", "AFINA_TRACKING_URI", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(key, raising=False)
+    return tmp_path
+
+
+def tiny_spec(**overrides) -> dict:
+    """A fast spec on the quickstart data and the tiny random model; override any section."""
+    spec = {
+        "name": "tiny",
+        "model": {"ref": "tiny-random", "method": "lora"},
+        "data": {
+            "slices": {
+                "faq": {"path": str(TIENDA / "faq.jsonl")},
+                "productos": {"path": str(TIENDA / "productos.jsonl")},
+                "poesia": {"path": str(TIENDA / "poesia.jsonl")},
+            },
+            "eval": {"path": str(TIENDA / "eval.jsonl"), "max_rows": 8},
+        },
+        "train": {"max_steps": 4, "per_device_train_batch_size": 4, "max_length": 64, "eval_steps": 2,
+                  "per_device_eval_batch_size": 8, "seed": 0},
+        "lora": {"r": 4, "lora_alpha": 8},
+        "search": {
+            "n_trials": 3, "seed": 0, "sampler": "random", "pruner": "none",
+            "space": {
+                "train.learning_rate": {"float": [1e-4, 1e-2], "log": True},
+                "slices.poesia.include": {"categorical": [True, False]},
+            },
+        },
+        "samples": {"prompts": [{"prompt": "Describe una camiseta básica blanca", "reference": "Una camiseta."},
+                                "¿Puedo devolver un pedido?"], "max_new_tokens": 8},
+    }
+    for key, value in overrides.items():
+        spec[key] = {**spec[key], **value} if isinstance(value, dict) and isinstance(spec.get(key), dict) else value
+    return spec
+
+
+def write_spec(folder: Path, spec: dict, name: str = "spec.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `afina ...` in-process; returns (exit code, stdout, stderr)."""
+    from afina.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["afina", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
