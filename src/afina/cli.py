@@ -5,18 +5,19 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from afina.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: plain click help, so `afina --help` never imports rich (a third of its start-up)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Iterative fine-tuning sweeps for small LLMs: Optuna searches, TRL trains, MLflow remembers.")
 
 SpecArg = Annotated[Path, typer.Argument(help="Experiment spec (YAML), e.g. experiments/quickstart.yaml")]
-StorageOpt = Annotated[Optional[str], typer.Option("--storage", help="Optuna storage URL (overrides the spec and AFINA_OPTUNA_STORAGE)")]
-TrackingOpt = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (overrides the spec and AFINA_TRACKING_URI)")]
+StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (overrides the spec and AFINA_OPTUNA_STORAGE)")]
+TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (overrides the spec and AFINA_TRACKING_URI)")]
 
 
 def _offline_defaults() -> None:
@@ -44,7 +45,7 @@ def _console():
 
 @app.command()
 def sweep(spec: SpecArg, storage: StorageOpt = None, tracking_uri: TrackingOpt = None,
-          n_trials: Annotated[Optional[int], typer.Option(help="Override search.n_trials (the study's total)")] = None,
+          n_trials: Annotated[int | None, typer.Option(help="Override search.n_trials (the study's total)")] = None,
           progress: Annotated[bool, typer.Option(help="Show the live progress display")] = True):
     """Run the spec's sweep, or resume it up to search.n_trials trials in total."""
     from afina import sweep as sweep_mod
@@ -66,6 +67,20 @@ def status(spec: SpecArg, storage: StorageOpt = None):
     s = _spec(spec, storage)
     study = sweep_mod.open_study(s, create=False)
     _console().print(status_mod.table(study))
+    from afina import report
+
+    if report.path(s).is_file():
+        _console().print(f"Report: {report.path(s)} (also report.html on the sweep's MLflow run)")
+
+
+@app.command()
+def compare(spec: SpecArg, storage: StorageOpt = None, tracking_uri: TrackingOpt = None,
+            top: Annotated[int, typer.Option("--top", help="How many of the best completed trials")] = 3,
+            judge: Annotated[bool, typer.Option("--judge", help="Also ask evaluate.judge for head-to-head verdicts vs the base")] = False):
+    """The same prompts answered by the base model, the top-K trials and @champion, side by side."""
+    from afina import compare as compare_mod
+
+    compare_mod.run(_spec(spec, storage, tracking_uri), _console(), top, use_judge=judge)
 
 
 @app.command()
@@ -89,12 +104,120 @@ def ui(port: Annotated[int, typer.Option(help="Port to listen on")] = 5000,
     raise typer.Exit(subprocess.call(cmd))
 
 
+ModelUriArg = Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder")]
+
+
+def _tracking_uri(uri: str | None) -> str:
+    return uri or os.environ.get("AFINA_TRACKING_URI") or "sqlite:///mlruns/mlflow.db"
+
+
+@app.command()
+def promote(spec: SpecArg, storage: StorageOpt = None, tracking_uri: TrackingOpt = None,
+            trial: Annotated[int | None, typer.Option("--trial", help="Promote this trial instead of the best COMPLETE one")] = None,
+            merge: Annotated[bool, typer.Option(help="Merge the LoRA adapter into the base weights before registering")] = False,
+            force: Annotated[bool, typer.Option(help="Move the alias even if the candidate does not beat the champion")] = False):
+    """Register the best trial and move @champion if it beats the current one. Exit 1 when the gate refuses."""
+    from afina import promote as promote_mod
+
+    if not promote_mod.run(_spec(spec, storage, tracking_uri), _console(), trial, force=force, merge=merge):
+        raise typer.Exit(1)
+
+
+@app.command()
+def generate(model: ModelUriArg,
+             prompt: Annotated[str, typer.Argument(help="A prompt, or a .jsonl file of {prompt} rows (one JSON answer per line)")],
+             max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+             temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy")] = 0.0,
+             system: Annotated[str | None, typer.Option(help="System prompt")] = None,
+             tracking_uri: TrackingOpt = None):
+    """Answer a prompt (streamed) or a JSONL of prompts with a registered or exported model."""
+    from afina import pyfunc
+
+    pyfunc.answer(model, prompt, _tracking_uri(tracking_uri), max_new_tokens, temperature, system)
+
+
+@app.command()
+def export(model: ModelUriArg, out: Annotated[Path, typer.Option("--out", help="New folder for the Hugging Face model")],
+           tracking_uri: TrackingOpt = None):
+    """Write a self-contained Hugging Face folder (LoRA merged) that loads with AutoModelForCausalLM."""
+    from afina import export as export_mod
+
+    path = export_mod.export(model, out, _tracking_uri(tracking_uri))
+    typer.echo(f"exported {model} to {path} (AutoModelForCausalLM.from_pretrained({str(path)!r}))")
+
+
+@app.command()
+def rollback(name: Annotated[str, typer.Argument(help="Registered model name (the spec's promote.model_name or name)")],
+             reason: Annotated[str, typer.Option(help="Why; recorded on both versions")] = "manual rollback",
+             alias: Annotated[str, typer.Option(help="The alias to move back")] = "champion",
+             tracking_uri: TrackingOpt = None):
+    """Point @champion back at the previous champion (a swap: the demoted version becomes @previous)."""
+    from afina import promote as promote_mod
+
+    promote_mod.rollback(name, _tracking_uri(tracking_uri), alias, reason, _console())
+
+
+@app.command()
+def check(spec: SpecArg,
+          json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here")] = None,
+          markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write the report as markdown here")] = None):
+    """Check the spec's data before training: schema, duplicates, leakage, lengths, slices. Exit 2 on errors."""
+    from afina import check as check_mod
+
+    report = check_mod.check(_spec(spec), _console(), json_path, markdown)
+    if report.errors:
+        raise typer.Exit(2)
+
+
+@app.command()
+def init(data_file: Annotated[Path, typer.Argument(help="Your examples: .jsonl, .json, .csv, .parquet or a save_to_disk folder")],
+         name: Annotated[str | None, typer.Option(help="Experiment name (default: the file's name)")] = None,
+         force: Annotated[bool, typer.Option(help="Overwrite an existing experiments/NAME.yaml")] = False,
+         model: Annotated[str, typer.Option(help="model.ref of the spec: embedded name, Hugging Face id or folder")] = "smollm2-135m"):
+    """Write experiments/NAME.yaml for a data file (format, slices, eval split, search space), then check it."""
+    from afina import init as init_mod
+
+    if init_mod.init(data_file, name, force, _console(), model=model).errors:
+        raise typer.Exit(2)
+
+
+@app.command()
+def server(backend_store_uri: Annotated[str, typer.Option(help="Where runs live: postgresql://user:pass@host:5432/db")],
+           artifacts_destination: Annotated[str, typer.Option(help="Local folder or s3://bucket/prefix the server stores artifacts in")] = "mlartifacts",
+           host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless --auth and a TLS proxy guard it")] = "127.0.0.1",
+           port: Annotated[int, typer.Option(help="Port to listen on")] = 5000,
+           workers: Annotated[int, typer.Option(help="Server worker processes")] = 4,
+           auth: Annotated[bool, typer.Option(help="MLflow's basic-auth app: users and permissions (needs MLFLOW_AUTH_ADMIN_PASSWORD)")] = False):
+    """Run the MLflow tracking server that many `afina sweep` workers share (PostgreSQL runs, served artifacts)."""
+    from afina import server as server_mod
+
+    server_mod.run(backend_store_uri, artifacts_destination, host, port, workers, auth)
+
+
+@app.command()
+def sync(spec: SpecArg, tracking_uri: TrackingOpt = None):
+    """Send the MLflow records a sweep kept locally while the tracking server was unreachable."""
+    from afina import resilience, tracking
+
+    s = _spec(spec, None, tracking_uri)
+    folder = resilience.fallback_dir(s)
+    kept = resilience.pending(folder)
+    if not kept:
+        typer.echo(f"nothing to send: {folder} holds no kept MLflow records")
+        return
+    resilience.probe_http(s.tracking.mlflow_uri)
+    sent = resilience.replay(folder, tracking.client(s.tracking.mlflow_uri))
+    typer.echo(f"sent {sent} kept MLflow records to {tracking.redact(s.tracking.mlflow_uri)}")
+
+
 def main() -> None:
     import click
 
     _offline_defaults()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # without standalone mode, typer.Exit(n) comes back as n
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

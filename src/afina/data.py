@@ -3,7 +3,7 @@
 Every training and eval row becomes `{"messages": [...]}`, the one shape TRL's SFTTrainer
 receives: prompt/completion pairs become a user and an assistant turn, plain text becomes an
 assistant turn (that is what a style slice teaches: to answer like that). Each row remembers
-where it came from (`origin`, "file:row") so checks can point at it.
+where it came from (`origin`, "file:row", row = record number in the file) so checks can point at it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ ALIASES = {
     "prompt": ("prompt", "instruction", "question", "input", "query"),
     "completion": ("completion", "response", "output", "answer"),
 }
+HUB = "hf:"  # prefix of a Hugging Face dataset id: hf:org/name or hf:org/name:split
 
 
 @dataclass
@@ -31,6 +34,8 @@ class Row:
     messages: list[dict[str, str]]
     origin: str
     extra: dict[str, Any] = field(default_factory=dict)
+    fields: list[str] = field(default_factory=list)
+    """The source field of each message, e.g. ["instruction", "response"], so checks can name it."""
 
     @property
     def key(self) -> str:
@@ -39,25 +44,54 @@ class Row:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
+@dataclass
+class Issue:
+    """One problem `afina check` reports: where is "file:row" or "slice NAME"."""
+
+    level: str  # "error" (stops a sweep) or "warning"
+    where: str
+    field: str
+    message: str
+    kind: str = "schema"
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.field + ': ' if self.field else ''}{self.message}"
+
+
+class RowError(UserError):
+    def __init__(self, origin: str, field: str, message: str):
+        super().__init__(f"{origin}: field {field!r} {message}")
+        self.issue = Issue("error", origin, field, message)
+
+
 def files(patterns: str | list[str], base: Path) -> list[Path]:
     found: list[Path] = []
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        if pattern.startswith(HUB):
+            found.append(Path(pattern))
+            continue
         full = base / Path(pattern).expanduser()
         matches = sorted(Path(p) for p in glob.glob(str(full), recursive=True)) if glob.has_magic(str(full)) else [full]
         for m in matches:
             if not m.exists():
+                if re.fullmatch(r"[\w.-]+/[\w-]+", pattern):  # no such file, but shaped like org/name
+                    found.append(Path(HUB + pattern))
+                    break
                 raise UserError(f"data file {pattern!r} not found (looked in {m.parent}); fix the path, relative to the spec's folder")
-        if not matches:
-            raise UserError(f"data glob {pattern!r} matched no files; fix the pattern, relative to the spec's folder")
-        found += matches
+        else:
+            if not matches:
+                raise UserError(f"data glob {pattern!r} matched no files; fix the pattern, relative to the spec's folder")
+            found += matches
     return found
 
 
 def read(path: Path) -> list[dict[str, Any]]:
-    """Records of one file (jsonl, json, csv, parquet) or `save_to_disk` folder, via `datasets`."""
+    """Records of one file (jsonl, json, csv, parquet), `save_to_disk` folder or hub dataset, via `datasets`."""
     import datasets
 
     datasets.disable_progress_bars()
+    if str(path).startswith(HUB):
+        return _read_hub(str(path)[len(HUB):])
     if path.is_dir():
         try:
             ds = datasets.load_from_disk(str(path))
@@ -71,6 +105,8 @@ def read(path: Path) -> list[dict[str, Any]]:
         raise UserError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .parquet or a save_to_disk folder")
     if kind == "json" and suffix == ".jsonl":
         _check_jsonl(path)
+    if path.stat().st_size < 64 and not path.read_bytes().strip():
+        return []  # datasets cannot infer a schema from nothing
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train", cache_dir=None)
     except Exception as e:  # datasets wraps parser errors in many types
@@ -78,24 +114,36 @@ def read(path: Path) -> list[dict[str, Any]]:
     return ds.to_list()
 
 
+def _read_hub(ref: str) -> list[dict[str, Any]]:
+    import datasets
+
+    name, _, split = ref.partition(":")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise UserError(f"data source {name!r} is no local file, and as a Hugging Face dataset it needs the hub while HF_HUB_OFFLINE is set; "
+                        "fix the path, or run once with HF_HUB_OFFLINE=0, or save_to_disk it and point path at that folder")
+    try:
+        return datasets.load_dataset(name, split=split or "train").to_list()
+    except Exception as e:
+        raise UserError(f"Hugging Face dataset {name!r} could not be loaded ({str(e).splitlines()[0][:200]})") from None
+
+
 def _check_jsonl(path: Path) -> None:
     """datasets reports a broken JSONL without its line; find the line ourselves."""
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: is not UTF-8 text (bad byte at offset {e.start}); save it as UTF-8 JSON lines") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from None
 
 
-def normalize(records: list[dict], where: str, fmt: str = "auto", columns: dict[str, str] | None = None,
-              system: str | None = None) -> list[Row]:
-    """Map records onto chat rows; raise on the first row that cannot be mapped."""
+def detect(names, fmt: str = "auto", columns: dict[str, str] | None = None, where: str = "data") -> tuple[str, dict[str, str | None]]:
+    """The format and the column behind each of messages/prompt/completion/text."""
     columns = columns or {}
-    if not records:
-        return []
-    names = set(records[0])
     for target, source in columns.items():
         if source not in names:
             raise UserError(f"{where}: column {source!r} (mapped to {target}) not in the data; columns are {sorted(names)}")
@@ -104,41 +152,70 @@ def normalize(records: list[dict], where: str, fmt: str = "auto", columns: dict[
         fmt = "messages" if col["messages"] else "prompt_completion" if col["prompt"] and col["completion"] else "text" if col["text"] else ""
         if not fmt:
             raise UserError(f"{where}: cannot tell the format from columns {sorted(names)}; set format and columns, e.g. columns: {{prompt: question, completion: answer}}")
+    need = {"messages": ["messages"], "prompt_completion": ["prompt", "completion"], "text": ["text"]}[fmt]
+    for target in need:
+        name = col[target] or target
+        if name not in names:
+            raise UserError(f"{where}: format {fmt} needs a {target!r} column and there is none; columns are {sorted(names)}; map one with columns: {{{target}: YOUR_COLUMN}}")
+        col[target] = name
+    return fmt, col
+
+
+def normalize(records: list[dict], where: str, fmt: str = "auto", columns: dict[str, str] | None = None,
+              system: str | None = None, issues: list[Issue] | None = None, numbers: list[int] | None = None) -> list[Row]:
+    """Map records onto chat rows. A row that cannot be mapped raises, or with `issues` is reported and skipped.
+
+    `numbers` are the records' row numbers in the file (when a filter kept only some).
+    """
+    if not records:
+        return []
+    names = set(records[0])
+    fmt, col = detect(names, fmt, columns, where)
     rows = []
-    for i, rec in enumerate(records, 1):
+    for i, rec in zip(numbers or range(1, len(records) + 1), records, strict=True):
         origin = f"{where}:{i}"
-        if fmt == "messages":
-            msgs = rec.get(col["messages"] or "messages")
-            _check_messages(msgs, origin)
-            msgs = [{"role": m["role"], "content": m["content"]} for m in msgs]
-        elif fmt == "prompt_completion":
-            prompt, completion = _text(rec, col["prompt"] or "prompt", origin), _text(rec, col["completion"] or "completion", origin)
-            if "input" in names and col["prompt"] == "instruction" and rec.get("input"):
-                prompt = f"{prompt}\n\n{rec['input']}"  # alpaca style
-            msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-        else:
-            msgs = [{"role": "assistant", "content": _text(rec, col["text"] or "text", origin)}]
+        try:
+            if fmt == "messages":
+                msgs = _messages(rec.get(col["messages"]), col["messages"], origin)
+                sources = [f"{col['messages']}[{j}].content" for j in range(len(msgs))]
+            elif fmt == "prompt_completion":
+                prompt, completion = _text(rec, col["prompt"], origin), _text(rec, col["completion"], origin)
+                if "input" in names and col["prompt"] == "instruction" and rec.get("input"):
+                    prompt = f"{prompt}\n\n{rec['input']}"  # alpaca style
+                msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+                sources = [col["prompt"], col["completion"]]
+            else:
+                msgs = [{"role": "assistant", "content": _text(rec, col["text"], origin)}]
+                sources = [col["text"]]
+        except RowError as e:
+            if issues is None:
+                raise
+            issues.append(e.issue)
+            continue
         if system and msgs[0]["role"] != "system":
-            msgs = [{"role": "system", "content": system}, *msgs]
-        rows.append(Row(msgs, origin, {k: v for k, v in rec.items() if isinstance(v, (str, int, float, bool))}))
+            msgs, sources = [{"role": "system", "content": system}, *msgs], ["system", *sources]
+        rows.append(Row(msgs, origin, {k: v for k, v in rec.items() if isinstance(v, (str, int, float, bool))}, sources))
     return rows
 
 
 def _text(rec: dict, column: str, origin: str) -> str:
     value = rec.get(column)
+    if value is None:
+        raise RowError(origin, column, "is missing or empty")
     if not isinstance(value, str):
-        raise UserError(f"{origin}: field {column!r} must be text, got {type(value).__name__}")
+        raise RowError(origin, column, f"must be text, got {type(value).__name__}")
     return value
 
 
-def _check_messages(msgs: Any, origin: str) -> None:
+def _messages(msgs: Any, column: str, origin: str) -> list[dict[str, str]]:
     if not isinstance(msgs, list) or not msgs:
-        raise UserError(f"{origin}: field 'messages' must be a non-empty list of {{role, content}}")
+        raise RowError(origin, column, "must be a non-empty list of {role, content}")
     for j, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise UserError(f"{origin}: messages[{j}].role must be one of {sorted(ROLES)}")
+            raise RowError(origin, f"{column}[{j}].role", f"must be one of {sorted(ROLES)}")
         if not isinstance(m.get("content"), str):
-            raise UserError(f"{origin}: messages[{j}].content must be text")
+            raise RowError(origin, f"{column}[{j}].content", f"must be text, got {type(m.get('content')).__name__}")
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
 
 def select(records: list[dict], where: dict[str, Any], origin: str) -> list[dict]:
@@ -167,35 +244,48 @@ class Prepared:
     slices: dict[str, list[Row]]
     eval: list[Row]
     fingerprints: dict[str, str]
+    issues: list[Issue] = field(default_factory=list)
+    """Rows skipped because they could not be mapped (only when prepared with collect=True)."""
+    report: Any = None
+    """The `afina check` report, when a sweep ran it."""
 
 
-def prepare(spec) -> Prepared:
+def load_rows(spec, paths, label: str, fmt="auto", columns=None, system=None, filt=None,
+              cache: dict | None = None, issues: list[Issue] | None = None) -> list[Row]:
+    """Rows of one source (file, glob, list, hub id), filtered by `filt` and mapped."""
+    cache = {} if cache is None else cache
+    rows = []
+    for p in files(paths, spec.base_dir):
+        if p not in cache:
+            cache[p] = read(p)
+        recs = select(cache[p], filt or {}, f"{label} ({p.name})")
+        # origin numbers refer to the row in the file, so a filter keeps the original index
+        index = {id(r): i for i, r in enumerate(cache[p], 1)}
+        rows += normalize(recs, p.name, fmt, columns, system, issues, [index[id(r)] for r in recs])
+    return rows
+
+
+def prepare(spec, collect: bool = False) -> Prepared:
+    """Load every slice and the eval set. collect=True reports unmappable rows and empty sets in
+    `Prepared.issues` instead of raising, so `afina check` can list them all."""
     cache: dict[Path, list[dict]] = {}
+    issues: list[Issue] = []
 
-    def load(path_or_paths, where_name: str, fmt, columns, system, filt=None) -> list[Row]:
-        rows = []
-        for p in files(path_or_paths, spec.base_dir):
-            if p not in cache:
-                cache[p] = read(p)
-            recs = select(cache[p], filt or {}, f"{where_name} ({p.name})")
-            # origin numbers refer to the row in the file, so a filter keeps the original index
-            index = {id(r): i for i, r in enumerate(cache[p], 1)} if filt else None
-            mapped = normalize(recs, p.name, fmt, columns, system)
-            if index is not None:
-                for row, rec in zip(mapped, recs):
-                    row.origin = f"{p.name}:{index[id(rec)]}"
-            rows += mapped
-        return rows
+    def problem(where: str, fld: str, message: str) -> None:
+        if not collect:
+            raise UserError(f"{where}: {message}")
+        issues.append(Issue("error", where, fld, message))
 
     slices = {}
     for name, s in spec.data.slices.items():
-        rows = load(s.path, f"slice {name}", s.format, s.columns, s.system, s.where)
+        rows = load_rows(spec, s.path, f"slice {name}", s.format, s.columns, s.system, s.where, cache, issues if collect else None)
         if not rows:
-            raise UserError(f"slice {name!r} is empty (no rows{' match ' + json.dumps(s.where) if s.where else ''}); fix its path or filter")
+            problem(f"slice {name}", "where" if s.where else "path",
+                    f"is empty (no usable rows{' match ' + json.dumps(s.where) if s.where else ''}); fix its path or filter")
         slices[name] = rows
     ev = spec.data.eval
     if ev.path is not None:
-        eval_rows = load(ev.path, "eval", ev.format, ev.columns, ev.system)
+        eval_rows = load_rows(spec, ev.path, "eval", ev.format, ev.columns, ev.system, None, cache, issues if collect else None)
     else:
         eval_rows = []
         for name in sorted(ev.slices or slices):
@@ -205,12 +295,14 @@ def prepare(spec) -> Prepared:
             n = max(1, round(len(rows) * ev.split)) if len(rows) > 1 else 0
             eval_rows += rows[:n]
             slices[name] = rows[n:]
+        # a cap must not keep only the first slices in name order
+        random.Random(f"{spec.data.seed}:eval").shuffle(eval_rows)
     if ev.max_rows:
         eval_rows = eval_rows[: ev.max_rows]
     if not eval_rows:
-        raise UserError("the eval set is empty; point data.eval.path at held-out rows or set data.eval.split: 0.1")
+        problem("data.eval", "path" if ev.path else "split", "the eval set is empty; point data.eval.path at held-out rows or set data.eval.split: 0.1")
     prints = {f"slice.{n}": fingerprint(r) for n, r in slices.items()} | {"eval": fingerprint(eval_rows)}
-    return Prepared(slices, eval_rows, prints)
+    return Prepared(slices, eval_rows, prints, issues)
 
 
 def mix(prepared: Prepared, choices: dict[str, dict[str, Any]], seed: int) -> tuple[list[Row], dict[str, int]]:
@@ -223,7 +315,7 @@ def mix(prepared: Prepared, choices: dict[str, dict[str, Any]], seed: int) -> tu
     base: dict[str, list[Row]] = {}
     for name, rows in prepared.slices.items():
         c = choices[name]
-        if not c["include"] or c["weight"] <= 0:
+        if not c["include"] or c["weight"] <= 0 or not rows:
             continue
         rng = random.Random(f"{seed}:{name}:take")
         n = max(1, round(len(rows) * c["fraction"]))
@@ -248,6 +340,69 @@ def to_dataset(rows: list[Row]):
     import datasets
 
     return datasets.Dataset.from_list([{"messages": r.messages} for r in rows])
+
+
+_TOKENS: dict[str, dict[str, tuple[list[int], list[int]]]] = {}  # this worker's tokenized rows, by cache key
+
+
+def tokenized(prepared: Prepared, tok, tok_print: str, args, cache_root: Path) -> dict[str, tuple[list[int], list[int]]] | None:
+    """{row key: (input_ids, labels)} for every slice and eval row, made once by TRL's own preparation.
+
+    Kept in memory for the worker and on disk under `cache_root` for later runs, keyed by the
+    data's prints, the tokenizer's print and the settings that change tokens. Trials then pass
+    pre-tokenized rows, which SFTTrainer takes as they are. None where TRL must see raw rows
+    (assistant-only loss swaps the chat template; a custom preparation opts out).
+    """
+    if args.assistant_only_loss or (args.dataset_kwargs or {}).get("skip_prepare_dataset"):
+        return None
+    import datasets
+    import trl
+
+    max_length = None if args.packing else args.max_length  # packing cuts sequences itself, after this
+    settings = [trl.__version__, tok_print, max_length, args.truncation_mode, sorted(prepared.fingerprints.items())]
+    key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:20]
+    if key in _TOKENS:
+        return _TOKENS[key]
+    folder = cache_root / key
+    try:
+        ds = datasets.load_from_disk(str(folder))
+    except (FileNotFoundError, OSError, ValueError):
+        ds = _tokenize(prepared, tok, args, max_length)
+        try:
+            cache_root.mkdir(parents=True, exist_ok=True)
+            tmp = cache_root / f".{key}-{os.getpid()}"
+            ds.save_to_disk(str(tmp))
+            tmp.rename(folder)  # atomic: a half-written cache is never read
+        except OSError:  # read-only or raced by another worker: the memory copy still serves
+            pass
+    _TOKENS.clear()
+    _TOKENS[key] = dict(zip(ds["key"], zip(ds["input_ids"], ds["labels"], strict=True), strict=True))
+    return _TOKENS[key]
+
+
+def _tokenize(prepared: Prepared, tok, args, max_length):
+    import copy
+    from types import SimpleNamespace
+
+    import datasets
+    from trl import SFTTrainer
+
+    unique = {r.key: r.messages for rows in [*prepared.slices.values(), prepared.eval] for r in rows}
+    raw = datasets.Dataset.from_dict({"key": list(unique), "messages": list(unique.values())})
+    # SFTTrainer's own preparation (chat template, labels, truncation), run without building a trainer.
+    trainer = SimpleNamespace(_tokenizer=tok, chat_template=None, completion_only_loss=False)
+    opts = copy.copy(args)  # the trial's settings; rows stay in order, whole, one per row
+    opts.max_length, opts.assistant_only_loss, opts.shuffle_dataset = max_length, False, False
+    ds = SFTTrainer._prepare_dataset(trainer, raw, tok, opts, False, None, "afina")
+    return ds.select_columns(["key", "input_ids", "labels"])
+
+
+def to_tokenized_dataset(rows: list[Row], table: dict[str, tuple[list[int], list[int]]]):
+    """The trial's rows as a pre-tokenized dataset, in order; rows TRL would drop (fully masked) are left out."""
+    import datasets
+
+    picked = [table[r.key] for r in rows if r.key in table]
+    return datasets.Dataset.from_dict({"input_ids": [p[0] for p in picked], "labels": [p[1] for p in picked]})
 
 
 def prompts(spec) -> list[dict[str, str | None]]:

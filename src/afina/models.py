@@ -155,8 +155,29 @@ def load_tokenizer(model_dir: Path, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(model_dir: Path, trust_remote_code: bool = False, dtype: str = "auto"):
+def load_model(model_dir: Path, trust_remote_code: bool = False, dtype: str = "auto", attn_implementation: str | None = None):
     from transformers import AutoModelForCausalLM
 
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
     # use_safetensors: never unpickle weights from a folder someone handed us
-    return AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=trust_remote_code, dtype=dtype, use_safetensors=True)
+    return AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=trust_remote_code, dtype=dtype, use_safetensors=True, **kw)
+
+
+_PRISTINE: dict[tuple, tuple] = {}  # this worker's base (tokenizer, model), loaded once
+
+
+def fresh(model_dir: Path, trust_remote_code: bool = False, attn_implementation: str | None = None):
+    """(tokenizer, model) for one trial: deep copies of a base loaded once per worker process.
+
+    Trials never touch the pristine base (PEFT wraps, and full fine-tuning updates, the copy),
+    so every trial starts from the same weights as a fresh load, minus the disk read and init.
+    """
+    import copy
+
+    stamp = (model_dir / "config.json").stat().st_mtime_ns if (model_dir / "config.json").is_file() else 0
+    key = (str(Path(model_dir).resolve()), stamp, trust_remote_code, attn_implementation)
+    if key not in _PRISTINE:
+        _PRISTINE.clear()  # one base per worker: a new model replaces the old one
+        _PRISTINE[key] = (load_tokenizer(model_dir, trust_remote_code), load_model(model_dir, trust_remote_code, attn_implementation=attn_implementation))
+    tok, model = _PRISTINE[key]
+    return copy.deepcopy(tok), copy.deepcopy(model)

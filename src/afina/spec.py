@@ -131,12 +131,13 @@ class Search(Strict):
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     sampler_args: dict[str, Any] = {}
     """Extra keyword arguments for the Optuna sampler, e.g. {n_startup_trials: 4}."""
-    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "median"
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "successive_halving"
+    """Default chosen by `python bench/run.py search` (BENCHMARKS.md): it reached the unpruned best with the least compute."""
     pruner_args: dict[str, Any] = {}
     """Extra keyword arguments for the Optuna pruner, e.g. {n_startup_trials: 2, n_warmup_steps: 4}."""
     objective: str | list[str] = "eval_loss"
     direction: Literal["minimize", "maximize"] | list[Literal["minimize", "maximize"]] | None = None
-    """Defaults to minimize for names ending in loss/runtime, maximize otherwise."""
+    """Defaults to minimize for names ending in loss/runtime/tokens/unparsed, maximize otherwise."""
     seed: int = 0
     heartbeat: int | None = Field(60, ge=1)
     """Seconds between a worker's heartbeats; a trial silent for 3 beats is failed and retried."""
@@ -155,7 +156,7 @@ class Search(Strict):
     @property
     def directions(self) -> list[str]:
         if self.direction is None:
-            return ["minimize" if o.endswith(("loss", "runtime")) else "maximize" for o in self.objectives]
+            return ["minimize" if o.endswith(("loss", "runtime", "tokens", "unparsed")) else "maximize" for o in self.objectives]
         return [self.direction] if isinstance(self.direction, str) else list(self.direction)
 
     @model_validator(mode="after")
@@ -182,6 +183,45 @@ class Samples(Strict):
     system: str | None = None
 
 
+class Judge(Strict):
+    """LLM-as-judge: exactly one of model (anything model.ref accepts) or url (OpenAI-compatible)."""
+
+    model: str | None = None
+    url: str | None = None
+    """Base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 (POSTs to /chat/completions)."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the endpoint's key (the key never goes in the spec)."""
+    name: str = "judge"
+    """Model name sent to the endpoint."""
+    rubric: str = "Is the answer correct, helpful, concise and in the shop's friendly voice?"
+    scale: tuple[float, float] = (1, 10)
+    show_reference: bool = True
+    """Show the judge the reference answer where a prompt has one."""
+    max_new_tokens: int = Field(16, ge=1)
+    timeout: float = Field(60, gt=0)
+
+    @model_validator(mode="after")
+    def _one_judge(self):
+        if (self.model is None) == (self.url is None):
+            raise ValueError("evaluate.judge needs exactly one of model (e.g. smollm2-135m) or url (an OpenAI-compatible endpoint)")
+        if not self.scale[0] < self.scale[1]:
+            raise ValueError(f"evaluate.judge.scale {list(self.scale)} must be [low, high] with low < high")
+        return self
+
+
+class Evaluate(Strict):
+    """Generation metrics on the samples prompts (plus `path`); any result can be search.objective."""
+
+    metrics: list[str | dict[str, Any]] | None = None
+    """rougeL, chrf, exact_match, length, json, {contains: [..]}, {not_contains: [..]}, {regex: ".."}, {custom: "mod:fn"}.
+    Default: rougeL and chrf where prompts have references, and length."""
+    judge: Judge | None = None
+    combine: dict[str, dict[str, float]] = {}
+    """Weighted sums usable as objectives, e.g. {quality: {rougeL: 0.7, eval_loss: -0.3}}."""
+    path: str | None = None
+    """A jsonl of {prompt, reference} rows evaluated (and sampled) besides samples.prompts."""
+
+
 class Tracking(Strict):
     experiment: str | None = None
     """MLflow experiment name; defaults to the spec's name."""
@@ -200,6 +240,8 @@ class Promote(Strict):
     """The candidate must beat the champion by more than this on the promotion set."""
     path: str | list[str] | None = None
     """Held-out promotion set; defaults to the eval set."""
+    objective: str | None = None
+    """Multi-objective studies: the objective that picks the best trial (or pass --trial N)."""
 
 
 class Spec(Strict):
@@ -212,6 +254,7 @@ class Spec(Strict):
     lora: dict[str, Any] = {}
     search: Search
     samples: Samples = Samples()
+    evaluate: Evaluate = Evaluate()
     tracking: Tracking = Tracking()
     promote: Promote = Promote()
     base_dir: Path = Field(Path("."), exclude=True)
@@ -253,6 +296,13 @@ class Spec(Strict):
             for key, dim in self.search.space.items():
                 if dim.float is not None and dim.step is None:
                     raise ValueError(f"search.space.{key}: the grid sampler needs a step or categorical choices")
+        return self
+
+    @model_validator(mode="after")
+    def _metrics(self):
+        from afina import metrics  # unknown metrics and unimportable scorers fail at load
+
+        metrics.parse(self.evaluate.metrics or [], self.base_dir)
         return self
 
     def path(self, p: str) -> Path:
@@ -341,7 +391,8 @@ def load(path: str | Path) -> Spec:
     try:
         spec = Spec.model_validate({**raw, "base_dir": path.parent})
     except ValidationError as e:
-        err = e.errors()[0]
+        # A typo'd key also makes its intended key "missing": report the typo, it names the fix.
+        err = next((x for x in e.errors() if x["type"] == "extra_forbidden"), e.errors()[0])
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             hint = _nearest_key(Spec, err["loc"])

@@ -14,7 +14,7 @@ def rows(study) -> list[dict]:
     for t in study.get_trials(deepcopy=False):
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         values = list(t.values) if t.values else []
-        key = [s * v for s, v in zip(sign, values)] if values and all(math.isfinite(v) for v in values) else [math.inf]
+        key = [s * v for s, v in zip(sign, values, strict=True)] if values and all(math.isfinite(v) for v in values) else [math.inf]
         out.append({"number": t.number, "state": t.state.name, "values": values, "params": t.params, "duration": duration,
                     "run_id": t.user_attrs.get("mlflow_run_id", ""), "reason": t.user_attrs.get("fail_reason", ""), "_key": key})
     out.sort(key=lambda r: (ORDER.get(r["state"], 9), r["_key"], r["number"]))
@@ -35,12 +35,40 @@ def table(study, client=None, limit: int = 50):
     for p in params:
         tab.add_column(p.removeprefix("train.").removeprefix("lora.").removeprefix("slices."), justify="right")
     tab.add_column("time", justify="right")
-    tab.add_column("mlflow run")
+    tab.add_column("mlflow run", no_wrap=True, min_width=12)  # the id people copy: never elided
     for r in all_rows[:limit]:
         vals = [f"{v:.4g}" for v in r["values"]] or ["-"] * len(objectives)
         tab.add_row(str(r["number"]), _state(r), *vals, *(_fmt(r["params"].get(p)) for p in params),
                     f"{r['duration']:.0f}s" if r["duration"] is not None else "-", r["run_id"][:12])
+    _base_and_front(tab, study, objectives, len(params))
     return tab
+
+
+def _base_and_front(tab, study, objectives: list[str], n_params: int) -> None:
+    """The untouched base model's row, the best trial's gain over it, and the Pareto front (issue 5)."""
+    base = study.user_attrs.get("baseline") or {}
+    notes = []
+    if base:
+        if tab.rows:
+            tab.rows[-1].end_section = True
+        tab.add_row("base", "[magenta]BASELINE[/]", *(_fmt(base.get(o)) for o in objectives), *[""] * n_params, "-",
+                    study.user_attrs.get("baseline_run_id", "")[:12])
+    if len(study.directions) > 1:
+        try:
+            front = sorted(t.number for t in study.best_trials)
+        except ValueError:
+            front = []
+        notes.append(f"Pareto front: trials {', '.join(map(str, front))}" if front else "Pareto front: no completed trial yet")
+    else:
+        try:
+            best = study.best_trial
+            if base.get(objectives[0]) is not None:
+                notes.append(f"best trial {best.number}: {objectives[0]} {best.value:.4g} vs base {base[objectives[0]]:.4g} "
+                             f"({best.value - base[objectives[0]]:+.4g})")
+        except ValueError:
+            pass
+    if notes:
+        tab.caption = " · ".join(notes)
 
 
 def _state(r: dict) -> str:

@@ -6,10 +6,12 @@ touched, so bad input leaves no study, run or folder behind.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from typing import Any
 
-from afina import data, models, tracking
+from afina import check, data, metrics, models, resilience, tracking
 from afina.errors import UserError
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -20,7 +22,7 @@ def finished(study) -> int:
     trials = study.get_trials(deepcopy=False)
     retried = {t.system_attrs.get("failed_trial") for t in trials}
     return sum(1 for t in trials if t.state.name in FINISHED and t.number not in retried
-               and not (t.state.name == "FAIL" and t.user_attrs.get("interrupted")))
+               and not (t.state.name == "FAIL" and (t.user_attrs.get("interrupted") or t.user_attrs.get("surplus"))))
 
 
 def sampler(search):
@@ -29,11 +31,13 @@ def sampler(search):
     from afina import space
 
     kw: dict[str, Any] = {"seed": search.seed, **search.sampler_args}
-    if search.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid(search.space), **kw)
-    if search.sampler == "random":
-        return optuna.samplers.RandomSampler(**kw)
-    return optuna.samplers.TPESampler(**kw)
+    kinds = {"grid": optuna.samplers.GridSampler, "random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler}
+    try:
+        if search.sampler == "grid":
+            return optuna.samplers.GridSampler(space.grid(search.space), **kw)
+        return kinds[search.sampler](**kw)
+    except TypeError as e:
+        raise UserError(f"search.sampler_args: {e}; see Optuna's {kinds[search.sampler].__name__}") from None
 
 
 def pruner(search):
@@ -56,9 +60,15 @@ def storage(url: str, heartbeat: int | None = None):
     kw: dict[str, Any] = {}
     if heartbeat:
         kw = {"heartbeat_interval": heartbeat, "grace_period": heartbeat * 3,
-              "failed_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
+              "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None, **kw)
+        for attempt in range(3):  # workers starting together on an empty database race to create its tables
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None, **kw)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as e:
+                if attempt == 2 or (isinstance(e, sqlalchemy.exc.OperationalError) and "already exists" not in str(e)):
+                    raise
+                time.sleep(1 + attempt)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
         raise UserError(f"tracking.optuna_storage {tracking.redact(url)!r} is unusable ({str(e).splitlines()[0][:160]}); check the URL, server and credentials") from None
 
@@ -87,28 +97,40 @@ def validate(spec) -> tuple[data.Prepared, Any, list[dict]]:
     """Everything that can be wrong with the input, checked before anything is written."""
     tracking.check_url(spec.tracking.mlflow_uri, "mlflow_uri")
     tracking.check_url(spec.tracking.optuna_storage, "optuna_storage")
-    prepared = data.prepare(spec)
-    prompts = data.prompts(spec)
+    sampler(spec.search), pruner(spec.search)  # bad *_args fail here, before the study exists
+    resilience.preflight(spec)  # both stores answer and the folders take files, before anything is created
+    prepared = data.prepare(spec, collect=True)  # unmappable rows become check errors, listed together
+    prompts = metrics.prompts(spec)
     model_dir = models.resolve(spec.model.ref)
+    resilience.check_model(model_dir, spec.model.ref, spec.model.trust_remote_code)  # safetensors only, loadable
+    metrics.validate(spec, prompts)  # metric names vs references, objectives, judge
+    prepared.report = check.run(spec, prepared, models.load_tokenizer(model_dir, spec.model.trust_remote_code))
+    if prepared.report.errors:
+        first = prepared.report.errors[0]
+        raise UserError(f"the data has {len(prepared.report.errors)} errors (first: {first}); run `afina check` on the spec to see them all")
     return prepared, model_dir, prompts
 
 
 def run(spec, spec_path: str, console, progress: bool = True):
-    import optuna
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from afina import status, trial
+    from afina import compare, report, status, trial
 
-    prepared, model_dir, prompts = validate(spec)
     _quiet()
+    prepared, model_dir, prompts = validate(spec)
+    if prepared.report.warnings:
+        check.render(prepared.report, console, per_kind=3, table=False)
     study = open_study(spec, create=True)
-    c = tracking.client(spec.tracking.mlflow_uri)
-    experiment_id = tracking.experiment(c, spec.experiment, spec.tracking.artifact_root, spec.tracking.mlflow_uri)
-    parent_id = tracking.parent_run(c, experiment_id, study, spec, spec_path)
-    tracking.log_params(c, parent_id, {f"data.{k}": v for k, v in prepared.fingerprints.items()}
-                        | {f"rows.{n}": len(r) for n, r in prepared.slices.items()} | {"rows.eval": len(prepared.eval)})
-    _requeue_interrupted(study)
+    c = resilience.Guard(tracking.client(spec.tracking.mlflow_uri), resilience.fallback_dir(spec), spec.tracking.mlflow_uri)
+    with _exclusive(study):  # workers starting together share one experiment, parent run and requeue
+        experiment_id = tracking.experiment(c, spec.experiment, spec.tracking.artifact_root, spec.tracking.mlflow_uri)
+        parent_id = tracking.parent_run(c, experiment_id, study, spec, spec_path)
+        tracking.log_params(c, parent_id, {f"data.{k}": v for k, v in prepared.fingerprints.items()}
+                            | {f"rows.{n}": len(r) for n, r in prepared.slices.items()} | {"rows.eval": len(prepared.eval)})
+        check.log(prepared.report, c, parent_id)  # check/report.json and .md on the parent run
+        _requeue_interrupted(study)
     ctx = {"client": c, "experiment_id": experiment_id, "parent_id": parent_id, "model_dir": model_dir, "prompts": prompts}
+    compare.baseline(spec, prepared, ctx, study, console)  # once per study: the base model is every leaderboard's reference
     done = finished(study)
     remaining = spec.search.n_trials - done
     if remaining <= 0:
@@ -122,35 +144,114 @@ def run(spec, spec_path: str, console, progress: bool = True):
         bar.update(steps_task, completed=step, total=total, visible=True)
 
     def objective(t):
+        if spec.search.heartbeat and _surplus(study, t, spec.search.n_trials):
+            t.set_user_attr("surplus", True)  # another worker took the last place at the same moment
+            raise RuntimeError("surplus: the budget is already taken by other workers")
         bar.update(steps_task, description=f"trial {t.number}", completed=0, visible=True)
         return trial.run(spec, prepared, t, ctx, on_step)
 
     def after(study, frozen) -> None:
+        c.flush()  # MLflow records kept during an outage go out once the server answers
+        if frozen.user_attrs.get("surplus"):
+            return
         if frozen.state.name in ("FAIL", "PRUNED"):
             why = frozen.user_attrs.get("fail_reason") or frozen.user_attrs.get("prune_reason") or ""
             bar.console.print(f"trial {frozen.number} {frozen.state.name.lower()}: {why}".rstrip(": "))
         bar.update(trials_task, completed=finished(study), description=f"trials · best {_best_text(study)}")
         _log_best(c, parent_id, study)
+        if frozen.state.name == "COMPLETE":
+            report.refresh_quietly(spec, study, c, parent_id, bar.console, force=False)  # plots + report on the parent run
         if finished(study) >= spec.search.n_trials:
             study.stop()  # other workers may have filled the budget
 
     interrupted = False
+    restore = resilience.install_stop()  # first Ctrl-C/SIGTERM: checkpoint and stop; second: stop now
     try:
         with bar:
             if remaining > 0:
-                study.optimize(objective, n_trials=remaining, timeout=spec.search.timeout, catch=(Exception,),
-                               callbacks=[after], gc_after_trial=True)
+                _work(study, objective, after, spec)
+        interrupted = resilience.STOP.is_set()
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        restore()
         c.set_terminated(parent_id, status="KILLED" if interrupted else "FINISHED")
+        c.settle()
+        if kept := resilience.pending(c.folder):
+            console.print(f"[yellow]warning:[/] {kept} MLflow records are kept in {c.folder}; run `afina sync {spec_path}` when the server is back")
     console.print(status.table(study, c))
+    if report.refresh_quietly(spec, study, c, parent_id, console):
+        console.print(f"Report: {report.path(spec)}")
     ui = "afina ui" if spec.tracking.mlflow_uri == "sqlite:///mlruns/mlflow.db" else f"afina ui --tracking-uri {tracking.redact(spec.tracking.mlflow_uri)}"
     if interrupted:
         console.print(f"Interrupted. Run `afina sweep {spec_path}` again to resume.")
         raise KeyboardInterrupt
     console.print(f"Open the runs: [bold]{ui}[/] (then http://127.0.0.1:5000)")
     return study
+
+
+def _work(study, objective, after, spec) -> None:
+    """Take trials until the study holds n_trials, as one of possibly many workers.
+
+    A trial starts only while finished + running trials leave room for it, so workers do not
+    overshoot the budget. With no room, a worker waits while others run: one of them may die, and its
+    retry (queued by Optuna's heartbeat check, which this wait runs) needs a taker.
+    """
+    import warnings
+
+    import optuna
+
+    beat, n = spec.search.heartbeat, spec.search.n_trials
+    deadline = time.monotonic() + spec.search.timeout if spec.search.timeout else None
+    while not resilience.STOP.is_set() and finished(study) < n:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return
+        # WAITING trials (enqueued, requeued, retries) are not counted: optimize() takes them first.
+        live = sum(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False)) if beat else 0
+        if finished(study) + live < n:
+            study.optimize(objective, n_trials=1, timeout=left, catch=(Exception,), callbacks=[after], gc_after_trial=True)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(study)
+        time.sleep(min(beat, 5))
+
+
+def _surplus(study, t, n: int) -> bool:
+    """Lock-free tie-break for workers that asked for a trial at the same moment: lower numbers win.
+
+    Queued trials (retries of dead workers, requeued interrupted ones) go before fresh ones.
+    """
+    trials = study.get_trials(deepcopy=False)
+    me = next(x for x in trials if x.number == t.number)
+    queued = "fixed_params" in me.system_attrs or "failed_trial" in me.system_attrs
+    ahead = sum(1 for x in trials if x.number != t.number and (
+        (x.state.name == "RUNNING" and x.number < t.number) or (x.state.name == "WAITING" and (not queued or x.number < t.number))))
+    return finished(study) + ahead >= n
+
+
+@contextlib.contextmanager
+def _exclusive(study):
+    """A PostgreSQL advisory lock on the study's name, held by one worker at a time (no-op elsewhere)."""
+    import hashlib
+
+    import sqlalchemy
+
+    store = getattr(study._storage, "_backend", study._storage)
+    engine = getattr(store, "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        yield
+        return
+    key = int.from_bytes(hashlib.sha256(study.study_name.encode()).digest()[:7], "big")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.commit()
 
 
 def _quiet() -> None:
@@ -167,6 +268,7 @@ def _quiet() -> None:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def _requeue_interrupted(study) -> None:

@@ -23,6 +23,16 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", url)
 
 
+SECRET = re.compile(r"token|passw|secret|api_?key|credential", re.I)  # param/field names whose values are masked
+
+
+def mask(key: str, value: Any) -> Any:
+    """A secret-named field's value becomes ***; passwords inside URLs are hidden everywhere."""
+    if SECRET.search(key) and value not in (None, ""):
+        return "***"
+    return redact(value) if isinstance(value, str) else value
+
+
 def sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
@@ -45,10 +55,18 @@ def check_url(url: str, what: str) -> None:
         raise UserError(f"tracking.{what} {redact(url)!r}: unsupported scheme {scheme!r}; use one of {', '.join(ok)}")
 
 
+def absolute(url: str) -> str:
+    """A relative SQLite URL pinned to the current folder: MLflow caches stores by URL, so a
+    relative one would keep pointing at the first project's database within one process."""
+    path = sqlite_path(url)
+    return f"sqlite:///{path.resolve()}" if path is not None and not path.is_absolute() else url
+
+
 def client(uri: str):
     import mlflow
     from mlflow import MlflowClient
 
+    uri = absolute(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -96,7 +114,7 @@ def child_run(c, experiment_id: str, parent_id: str, study_name: str, number: in
 def log_params(c, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
-    items = [Param(k, _short(v)) for k, v in sorted(params.items())]
+    items = [Param(k, redact(_short(mask(k, v)))) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # MLflow's batch limit
         c.log_batch(run_id, params=items[i:i + 100], synchronous=True)
 
@@ -104,12 +122,17 @@ def log_params(c, run_id: str, params: dict[str, Any]) -> None:
 def log_metrics(c, run_id: str, metrics: dict[str, float], step: int, synchronous: bool = False) -> None:
     import time
 
+    log_steps(c, run_id, [(step, int(time.time() * 1000), metrics)], synchronous)
+
+
+def log_steps(c, run_id: str, rows: list[tuple[int, int, dict[str, float]]], synchronous: bool = False) -> None:
+    """Many (step, time in ms, metrics) rows in as few writes as MLflow allows (1000 metrics per batch)."""
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)]
-    if batch:
-        c.log_batch(run_id, metrics=batch, synchronous=synchronous)
+    batch = [Metric(k, float(v), ms, step) for step, ms, metrics in rows for k, v in metrics.items()
+             if isinstance(v, (int, float)) and math.isfinite(v)]
+    for i in range(0, len(batch), 1000):
+        c.log_batch(run_id, metrics=batch[i:i + 1000], synchronous=synchronous)
 
 
 def finish(c, run_id: str, state: str, reason: str | None = None) -> None:
@@ -117,7 +140,7 @@ def finish(c, run_id: str, state: str, reason: str | None = None) -> None:
     status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}.get(state, "KILLED")
     c.set_tag(run_id, f"{TAG}state", state)
     if reason:
-        c.set_tag(run_id, f"{TAG}reason", reason[:4000])
+        c.set_tag(run_id, f"{TAG}reason", redact(reason)[:4000])
     c.set_terminated(run_id, status=status)
 
 
@@ -131,6 +154,7 @@ def dump_spec(spec, overrides: dict[str, Any] | None = None) -> str:
 
     data = spec.model_dump(mode="json", exclude={"base_dir"})
     data["tracking"] = {k: redact(v) if isinstance(v, str) else v for k, v in data["tracking"].items()}
+    data["train"] = {k: mask(k, v) for k, v in data.get("train", {}).items()}
     if overrides:
         data["trial_params"] = overrides
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

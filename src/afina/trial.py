@@ -11,12 +11,13 @@ import math
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from transformers import TrainerCallback
 
-from afina import data, generate, models, space, tracking
+from afina import data, generate, metrics, models, resilience, space, tracking
 from afina.errors import UserError
 
 
@@ -26,8 +27,13 @@ def run(spec, prepared: data.Prepared, trial, ctx: dict[str, Any], on_step: Call
 
     c = ctx["client"]
     params = space.suggest(trial, spec.search.space)
+    resume, consumed = resilience.resume_point(spec, trial, c)  # a dead or interrupted predecessor's checkpoint
     run_id = tracking.child_run(c, ctx["experiment_id"], ctx["parent_id"], trial.study.study_name, trial.number)
     trial.set_user_attr("mlflow_run_id", run_id)
+    trial.set_user_attr("worker", resilience.worker_id())
+    if resume:
+        trial.set_user_attr("resumed_from", str(resume))
+        c.set_tag(run_id, f"{tracking.TAG}resumed_from", str(resume))
     workdir = Path(spec.tracking.checkpoint_dir) / trial.study.study_name / f"trial-{trial.number}"
     try:
         train_kw, lora_kw, choices = space.apply(spec, params)
@@ -45,7 +51,7 @@ def run(spec, prepared: data.Prepared, trial, ctx: dict[str, Any], on_step: Call
         c.set_tag(run_id, f"{tracking.TAG}data_fingerprint", data_print)
         if not rows:
             raise optuna.TrialPruned("every slice is excluded by this trial's choices; nothing to train on")
-        values = _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir, on_step)
+        values = _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir, on_step, resume)
     except optuna.TrialPruned as e:
         trial.set_user_attr("prune_reason", str(e) or "pruned")
         tracking.finish(c, run_id, "PRUNED", str(e) or "pruned")
@@ -59,19 +65,26 @@ def run(spec, prepared: data.Prepared, trial, ctx: dict[str, Any], on_step: Call
             trial.set_user_attr("interrupted", True)  # the next sweep runs these params again
         tracking.finish(c, run_id, "FAIL", reason)
         if not isinstance(e, KeyboardInterrupt):
-            shutil.rmtree(workdir, ignore_errors=True)
+            for folder in (workdir, *consumed):
+                shutil.rmtree(folder, ignore_errors=True)
         raise
     tracking.finish(c, run_id, "COMPLETE")
+    for folder in consumed:  # the predecessors' checkpoints were used up
+        shutil.rmtree(folder, ignore_errors=True)
     return values[0] if len(values) == 1 else values
 
 
-def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir: Path, on_step) -> list[float]:
+def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir: Path, on_step, resume: Path | None = None) -> list[float]:
     from transformers import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
 
     c = ctx["client"]
-    tok = models.load_tokenizer(ctx["model_dir"], spec.model.trust_remote_code)
-    model = models.load_model(ctx["model_dir"], spec.model.trust_remote_code)
+    reuse, attn = ctx.get("reuse", True), attention()  # reuse=False: load and tokenize from scratch (benchmarks)
+    if reuse:
+        tok, model = models.fresh(ctx["model_dir"], spec.model.trust_remote_code, attn)
+    else:
+        tok = models.load_tokenizer(ctx["model_dir"], spec.model.trust_remote_code)
+        model = models.load_model(ctx["model_dir"], spec.model.trust_remote_code, attn_implementation=attn)
     total = _total_steps(train_kw, len(rows))
     every = train_kw.pop("eval_steps", None) or max(1, total // 4)
     args = SFTConfig(
@@ -86,13 +99,13 @@ def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir:
         from peft import LoraConfig
 
         peft_config = LoraConfig(task_type="CAUSAL_LM", **{"target_modules": "all-linear", **lora_kw})
+    train_ds, eval_ds = _datasets(prepared, rows, tok, args, ctx, attn, train_kw) if reuse else (data.to_dataset(rows), data.to_dataset(prepared.eval))
     watch = _Watch(c, run_id, trial, total, on_step)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data.to_dataset(rows),
-                         eval_dataset=data.to_dataset(prepared.eval), processing_class=tok,
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok,
                          peft_config=peft_config, callbacks=[watch])
     for cb in (PrinterCallback, ProgressCallback):  # the rich display and MLflow are the outputs
         trainer.remove_callback(cb)
-    out = trainer.train()
+    out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     best = trainer.state.best_metric if trainer.state.best_metric is not None else watch.last_eval
     if best is None:
         best = trainer.evaluate()["eval_loss"]
@@ -100,7 +113,10 @@ def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir:
                "train_tokens": float(trainer.state.num_input_tokens_seen)}
     tracking.log_metrics(c, run_id, {f"best_{k}" if k == "eval_loss" else k: v for k, v in results.items()}, trainer.state.global_step, synchronous=True)
     _keep_checkpoint(spec, trainer, tok, c, run_id, workdir, trial)
-    _samples(spec, trainer.model, tok, c, run_id, trial.number, ctx["prompts"])
+    scores = _samples(spec, trainer.model, tok, c, run_id, trial.number, ctx["prompts"])
+    results = metrics.with_combined(spec, {**results, **scores})  # generation metrics, judge, weighted sums
+    tracking.log_metrics(c, run_id, {k: v for k, v in results.items() if k not in metrics.TRAIN_RESULTS}, trainer.state.global_step, synchronous=True)
+    trial.set_user_attr("results", {k: float(v) for k, v in results.items() if math.isfinite(float(v))})
     missing = [o for o in spec.search.objectives if o not in results]
     if missing:
         raise UserError(f"search.objective {missing[0]!r} is not measured; known: {', '.join(results)}")
@@ -110,13 +126,48 @@ def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir:
     return values
 
 
+def _datasets(prepared, rows, tok, args, ctx, attn, train_kw):
+    """Pre-tokenized train/eval rows from the worker's token cache (raw rows when TRL must tokenize)."""
+    if "model_print" not in ctx:
+        ctx["model_print"] = models.fingerprint(ctx["model_dir"])  # weights + tokenizer files
+    table = data.tokenized(prepared, tok, ctx["model_print"], args, models.cache_dir() / "tokens")
+    if table is None:
+        return data.to_dataset(rows), data.to_dataset(prepared.eval)
+    if attn == "flash_attention_2" and not args.packing and "padding_free" not in train_kw:
+        # Rows are already cut to max_length and varlen attention keeps them apart: padding-free is exact.
+        args.padding_free, args.max_length = True, None
+    return data.to_tokenized_dataset(rows, table), data.to_tokenized_dataset(prepared.eval, table)
+
+
 def device_defaults() -> dict[str, Any]:
-    """bf16 where the GPU has it, fp32 on CPU (TRL would otherwise ask for bf16 and refuse the CPU)."""
+    """Fastest correct SFTConfig settings for this machine; the spec's train section overrides them.
+
+    GPU: bf16 where supported (else fp32: fp16 needs loss scaling that can fail silently), TF32
+    matmuls on Ampere+, fused AdamW, Liger kernels when installed. CPU: fp32 (TRL would otherwise
+    ask for bf16 and refuse the CPU), fused AdamW is already the torch>=2.8 default.
+    """
+    import importlib.util
+
     import torch
 
     if torch.cuda.is_available():
-        return {"bf16": torch.cuda.is_bf16_supported(), "fp16": False}
+        out = {"bf16": torch.cuda.is_bf16_supported(), "fp16": False, "optim": "adamw_torch_fused",
+               "tf32": torch.cuda.get_device_capability()[0] >= 8}
+        if importlib.util.find_spec("liger_kernel") is not None:
+            out["use_liger_kernel"] = True
+        return out
     return {"bf16": False, "fp16": False, "use_cpu": True}
+
+
+def attention() -> str | None:
+    """FlashAttention-2 when installed on a GPU (varlen, so padding-free is exact), else SDPA."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return None  # transformers' default (SDPA) is the fastest on CPU
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
 
 
 def _total_steps(train_kw: dict, n_rows: int) -> int:
@@ -137,16 +188,17 @@ def _keep_checkpoint(spec, trainer, tok, c, run_id, workdir: Path, trial) -> Non
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _samples(spec, model, tok, c, run_id: str, number: int, prompts: list[dict]) -> None:
+def _samples(spec, model, tok, c, run_id: str, number: int, prompts: list[dict]) -> dict[str, float]:
+    """Answer the evaluation prompts, score them (metrics.py, judge.py), log the table; returns the scores."""
     if not prompts:
-        return
-    import mlflow
-
+        return {}
     outputs = generate.generate(model, tok, [p["prompt"] for p in prompts], spec.samples.max_new_tokens,
                                 spec.samples.temperature, spec.samples.system)
     table = {"trial": [number] * len(prompts), "prompt": [p["prompt"] for p in prompts],
              "reference": [p.get("reference") or "" for p in prompts], "output": outputs}
-    mlflow.log_table(table, artifact_file="samples.json", run_id=run_id)
+    scores, columns = metrics.evaluate(spec, prompts, outputs)
+    c.log_table(run_id, {**table, **columns}, "samples.json")  # through the client: kept during an outage
+    return scores
 
 
 class _Watch(TrainerCallback):
@@ -156,22 +208,41 @@ class _Watch(TrainerCallback):
         self.c, self.run_id, self.trial, self.total, self.on_step = client, run_id, trial, total, on_step
         self.last_eval: float | None = None
         self.t0, self.tokens0 = time.perf_counter(), 0
+        self.pending: list[tuple[int, int, dict]] = []  # per-step curves, written in batches (one write per ~2 s)
+        self.flushed = self.t0
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
         loss = logs.get("loss")
         if loss is not None and not math.isfinite(loss):
+            self.flush()
             raise FloatingPointError(f"training loss became {loss} at step {state.global_step}; lower the learning rate or check the data")
         now, tokens = time.perf_counter(), state.num_input_tokens_seen
         if "loss" in logs and now > self.t0:
             logs["tokens_per_second"] = (tokens - self.tokens0) / (now - self.t0)
         self.t0, self.tokens0 = now, tokens
         skip = ("total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_tokens_per_second")
-        tracking.log_metrics(self.c, self.run_id, {k: v for k, v in logs.items() if k not in skip}, state.global_step)
+        self.pending.append((state.global_step, int(time.time() * 1000), {k: v for k, v in logs.items() if k not in skip}))
+        if "eval_loss" in logs or now - self.flushed >= 2.0:  # evals first: a pruned trial keeps its curve
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            tracking.log_steps(self.c, self.run_id, self.pending)  # asynchronous: training does not wait
+        self.pending, self.flushed = [], time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kw):
+        self.flush()
 
     def on_step_end(self, args, state, control, **kw):
+        if resilience.STOP.is_set():
+            control.should_save = True  # Ctrl-C/SIGTERM: checkpoint now, then on_save stops the trial
         if self.on_step:
             self.on_step(state.global_step, self.total)
+
+    def on_save(self, args, state, control, **kw):
+        if resilience.STOP.is_set():  # raised here, so Trainer's end-of-training cleanup keeps this checkpoint
+            raise KeyboardInterrupt(f"stopped at step {state.global_step} after saving a checkpoint; `afina sweep` resumes it")
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
         import optuna

@@ -1,0 +1,228 @@
+"""afina benchmarks: one subcommand per figure in BENCHMARKS.md; each prints ratios and can write JSON.
+
+    python bench/run.py overhead --model tiny-random          # afina trial vs bare SFTTrainer, tokens/s
+    python bench/run.py fixed --model smollm2-135m           # fixed per-trial cost, sweep wall with/without reuse
+    python bench/run.py logging --model tiny-random           # wall time with MLflow logging / without
+    python bench/run.py search                                # compute to reach 1% of best, pruner / no pruner
+    python bench/run.py cli                                   # `afina --help`, `afina status` on 200 trials
+    python bench/run.py memory --model smollm2-135m           # peak RSS of a trial, RSS across trials
+    python bench/run.py defaults --model tiny-random          # device defaults: eval loss vs the plain setup
+    python bench/run.py all --quick --json out.json           # everything, tiny sizes (the CI smoke)
+
+A and B always run interleaved in one process (A B A B ...), after an unrecorded warm-up pair,
+and ratios are medians of per-pair ratios, so a busy machine slows both sides alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402  (sets the offline environment before afina imports anything)
+
+
+def overhead(a) -> dict:
+    b = common.Bench(a.model, a.steps)
+    ra, rb = common.interleave(a.repeats, lambda: b.afina(), lambda: b.bare(), warmup=not a.quick)
+    return {"afina_tokens_per_s": common.med(ra, "tokens_per_s"), "bare_tokens_per_s": common.med(rb, "tokens_per_s"),
+            "ratio_tokens_per_s": common.median_ratio(ra, rb, "tokens_per_s"),
+            "ratio_trial_wall": common.median_ratio(ra, rb, "wall_s"),
+            "eval_loss_afina": ra[-1]["eval_loss"], "eval_loss_bare": rb[-1]["eval_loss"]}
+
+
+def fixed(a) -> dict:
+    """Per-trial cost outside training: wall - train() - sample generation; with reuse vs a fresh load."""
+    from afina import data, models, trial
+
+    b = common.Bench(a.model, a.steps)
+    prompts = [{"prompt": "¿Cuánto tarda el envío?", "reference": None}]
+    gen: list[float] = []
+    orig = trial._samples
+
+    def timed(*args, **kw):  # measure sample generation so it is not counted as overhead
+        t0 = time.perf_counter()
+        orig(*args, **kw)
+        gen.append(time.perf_counter() - t0)
+
+    trial._samples = timed
+
+    def one(reuse: bool):
+        if not reuse:  # a cold worker: nothing cached in memory or on disk
+            models._PRISTINE.clear()
+            data._TOKENS.clear()
+        r = b.afina(reuse=reuse, prompts=prompts)
+        r["gen_s"] = gen[-1]
+        r["fixed_s"] = r["wall_s"] - r["train_s"] - r["gen_s"]
+        return r
+
+    first = one(True)  # loads the base and fills the token cache
+    on, off = common.interleave(a.repeats, lambda: one(True), lambda: one(False), warmup=False)
+    trial._samples = orig
+    return {"fixed_s_reuse": common.med(on, "fixed_s"), "fixed_s_fresh": common.med(off, "fixed_s"),
+            "first_trial_fixed_s": first["fixed_s"], "trial_wall_s": common.med(on, "wall_s"),
+            "train_s": common.med(on, "train_s"), "samples_s": common.med(on, "gen_s"),
+            "fixed_over_wall_reuse": common.med(on, "fixed_s") / common.med(on, "wall_s"),
+            "sweep_wall_s_reuse": sum(r["wall_s"] for r in on), "sweep_wall_s_fresh": sum(r["wall_s"] for r in off),
+            "eval_losses_reuse": [r["eval_loss"] for r in on], "eval_losses_fresh": [r["eval_loss"] for r in off],
+            "identical": len({r["eval_loss"] for r in on + off}) == 1}
+
+
+def logging_cost(a) -> dict:
+    """Per-step curves to MLflow (batched, asynchronous) vs none; final results are logged by both."""
+    from afina import trial
+
+    b = common.Bench(a.model, a.steps)
+    real = trial._Watch.flush
+
+    def without():
+        trial._Watch.flush = lambda self: self.pending.clear()
+        try:
+            return b.afina()
+        finally:
+            trial._Watch.flush = real
+
+    ra, rb = common.interleave(a.repeats, lambda: b.afina(), without, warmup=not a.quick)
+    return {"ratio_train_wall": common.median_ratio(ra, rb, "train_s"), "ratio_trial_wall": common.median_ratio(ra, rb, "wall_s"),
+            "train_s_logging": common.med(ra, "train_s"), "train_s_no_logging": common.med(rb, "train_s"), "steps": a.steps}
+
+
+def search(a) -> dict:
+    import search as search_mod
+
+    every = 2 if not a.quick else 4
+    res = search_mod.efficiency(seeds=a.seeds, n_trials=a.trials, steps=12, every=every)
+    pruned = {k: v for k, v in res.items() if not k.endswith("+none")}
+    best = min(pruned, key=lambda k: (res[k]["median_ratio"], res[k]["median_steps"]))
+    return {"pairs": res, "chosen": best, "shape": f"{a.trials} trials, 12 steps, eval every {every}, {a.seeds} seeds"}
+
+
+def cli(a) -> dict:
+    import subprocess
+    import tempfile
+
+    import optuna
+    import yaml
+
+    folder = Path(tempfile.mkdtemp(prefix="afina-cli-"))
+    spec = common.spec_dict("tiny-random", 4, folder)
+    spec["name"] = "status200"
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(study_name="status200", storage=spec["tracking"]["optuna_storage"], direction="minimize")
+    dist = {"train.learning_rate": optuna.distributions.FloatDistribution(1e-4, 2e-3, log=True)}
+    trials = []
+    for i in range(a.trials):
+        state = optuna.trial.TrialState.COMPLETE if i % 4 else optuna.trial.TrialState.PRUNED
+        trials.append(optuna.trial.create_trial(params={"train.learning_rate": 1e-4 * (1 + i % 17)}, distributions=dist,
+                                                value=1.0 + i / 1000 if state == optuna.trial.TrialState.COMPLETE else None,
+                                                state=state, user_attrs={"mlflow_run_id": f"{i:032x}"},
+                                                intermediate_values={4: 1.5, 8: 1.2}))
+    study.add_trials(trials)
+    exe = [sys.executable, "-m", "afina"]
+
+    def timed(args) -> float:
+        t0 = time.perf_counter()
+        p = subprocess.run(exe + args, capture_output=True, text=True, cwd=folder)
+        if p.returncode != 0:
+            raise SystemExit(f"afina {' '.join(args)} failed: {p.stderr[-500:]}")
+        return time.perf_counter() - t0
+
+    import statistics
+
+    def python_alone() -> float:  # the interpreter's own start-up, which no CLI can beat
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        return time.perf_counter() - t0
+
+    timed(["--help"])
+    base, helps, status = [], [], []
+    for _ in range(a.repeats):  # interleaved, so machine load hits all three alike
+        base.append(python_alone())
+        helps.append(timed(["--help"]))
+        status.append(timed(["status", str(path)]))
+    return {"help_s_median": statistics.median(helps), "help_s_min": min(helps),
+            "status_s_median": statistics.median(status), "status_s_min": min(status), "status_trials": a.trials,
+            "python_startup_s_median": statistics.median(base), "python_startup_s_min": min(base)}
+
+
+def memory(a) -> dict:
+    import gc
+
+    import psutil
+
+    b = common.Bench(a.model, a.steps)
+    proc = psutil.Process()
+    rss = []
+    for _ in range(a.trials):
+        b.afina()
+        gc.collect()
+        rss.append(proc.memory_info().rss / 2**20)
+    peak = _peak_rss_mib()
+    return {"peak_rss_mib": peak, "rss_after_each_trial_mib": [round(x, 1) for x in rss],
+            "growth_after_second_trial_mib": rss[-1] - rss[1] if len(rss) > 1 else 0.0}
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def defaults(a) -> dict:
+    """Afina's device defaults vs plain TRL defaults: eval loss must stay within 1%.
+
+    On a GPU this also compares tokens/s (bf16, Liger, fused AdamW, padding-free with FlashAttention).
+    On CPU the defaults are TRL's own but fp32, and the token cache replaces TRL's tokenization,
+    so this checks that the cached, pre-tokenized path trains to the same loss.
+    """
+    b = common.Bench(a.model, a.steps)
+    ra, rb = common.interleave(a.repeats, lambda: b.afina(), lambda: b.bare(), warmup=False)
+    rel = abs(ra[-1]["eval_loss"] - rb[-1]["eval_loss"]) / rb[-1]["eval_loss"]
+    from afina import trial
+
+    return {"device_defaults": trial.device_defaults(), "attention": trial.attention(),
+            "eval_loss_afina": ra[-1]["eval_loss"], "eval_loss_plain": rb[-1]["eval_loss"], "relative_diff": rel,
+            "ratio_tokens_per_s": common.median_ratio(ra, rb, "tokens_per_s")}
+
+
+COMMANDS = {"overhead": overhead, "fixed": fixed, "logging": logging_cost, "search": search, "cli": cli,
+            "memory": memory, "defaults": defaults}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=[*COMMANDS, "all"])
+    p.add_argument("--model", default="tiny-random", help="tiny-random or smollm2-135m (embedded, offline)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per trial")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved A/B pairs (or CLI runs)")
+    p.add_argument("--trials", type=int, default=None, help="trials (memory, search) or study size (cli)")
+    p.add_argument("--seeds", type=int, default=None, help="search: seeds")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the harness")
+    p.add_argument("--json", type=Path, help="write the results here")
+    a = p.parse_args(argv)
+    names = list(COMMANDS) if a.command == "all" else [a.command]
+    results = {"machine": common.machine(), "model": a.model, "quick": a.quick}
+    for name in names:
+        sizes = {"steps": 2 if a.quick else (40 if a.model == "tiny-random" else 8), "repeats": 1 if a.quick else 3,
+                 "trials": {"cli": 200, "search": 30, "memory": 3 if a.quick else 6}.get(name, 4), "seeds": 2 if a.quick else 30}
+        if name == "cli" and not a.quick:
+            sizes["repeats"] = 10
+        ns = argparse.Namespace(**{k: getattr(a, k) if getattr(a, k) is not None else v for k, v in sizes.items()},
+                                model=a.model, quick=a.quick)
+        t0 = time.perf_counter()
+        results[name] = COMMANDS[name](ns)
+        results[name]["bench_s"] = time.perf_counter() - t0
+        print(f"{name}: {json.dumps(results[name], default=str)}", flush=True)
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""`afina init DATA_FILE`: a first experiment for people who only have their examples.
+
+Reads the file, detects its format and columns, cuts one slice per value of a low-cardinality
+column (category, label, ...), holds out a seeded eval split, proposes a small search space for
+the embedded model and sample prompts from the eval rows, writes experiments/NAME.yaml with
+comments, then runs `afina check` on it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from afina import check, data, models
+from afina import spec as spec_mod
+from afina.errors import UserError
+
+PREFERRED = ("category", "label", "type", "topic", "source", "intent", "class", "domain", "task")
+MAX_SLICES = 12
+
+
+def init(data_file: Path, name: str | None, force: bool, console, model: str = "smollm2-135m", folder: Path = Path("experiments")):
+    path = Path(data_file)
+    if not path.exists():
+        raise UserError(f"{data_file}: no such file; pass your examples (.jsonl, .json, .csv, .parquet or a save_to_disk folder)")
+    name = name or re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem).strip("_.-") or "experiment"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise UserError(f"--name {name!r}: use letters, digits, '_', '.' or '-', starting with a letter or digit")
+    target = folder / f"{name}.yaml"
+    if target.exists() and not force:
+        raise UserError(f"{target} already exists; pass --force to overwrite it or --name to choose another name")
+    records = data.read(path)
+    if not records:
+        raise UserError(f"{data_file}: no rows; afina needs examples to learn from")
+    fmt, col = data.detect(set(records[0]), where=str(data_file))
+    content = {c for c in col.values() if c}
+    column = slice_column(records, content)
+    source = os.path.relpath(path.resolve(), folder.resolve())
+    columns = {k: col[k] for k in ("prompt", "completion") if fmt == "prompt_completion" and col[k] != k}
+    if column:
+        values = sorted(Counter(r[column] for r in records))
+        slices = {_slug(v): {"path": source, "where": {column: v}, **({"columns": columns} if columns else {})} for v in values}
+    else:
+        slices = {_slug(path.stem) or "examples": {"path": source, **({"columns": columns} if columns else {})}}
+    n_eval = min(48, max(1, round(len(records) * 0.1)))
+    spec = {
+        "name": name,
+        "model": {"ref": model, "method": "lora"},
+        "data": {"seed": 0, "slices": slices, "eval": {"split": 0.1, "max_rows": n_eval}},
+        "train": {"max_steps": 30, "per_device_train_batch_size": 8, "max_length": 256, "eval_steps": 10,
+                  "per_device_eval_batch_size": 16, "lr_scheduler_type": "constant", "warmup_steps": 0, "seed": 0},
+        "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"},
+        "search": {"n_trials": 8, "sampler": "tpe", "sampler_args": {"n_startup_trials": 4}, "pruner": "median",
+                   "pruner_args": {"n_startup_trials": 2, "n_warmup_steps": 10}, "objective": "eval_loss", "seed": 0,
+                   "space": {"train.learning_rate": {"float": [1.0e-4, 2.0e-3], "log": True}, "lora.r": {"categorical": [8, 16]},
+                             **({f"slices.{s}.weight": {"float": [0.1, 1.0]} for s in slices} if len(slices) > 1 else {})}},
+        "samples": {"prompts": [], "max_new_tokens": 64},
+    }
+    parsed = _validate(spec, folder, path)
+    prepared = data.prepare(parsed, collect=True)
+    tokenizer = models.load_tokenizer(models.resolve(model))
+    spec["train"]["max_length"] = _max_length(prepared, tokenizer)
+    spec["samples"]["prompts"] = _prompts(prepared.eval)
+    folder.mkdir(parents=True, exist_ok=True)
+    target.write_text(_render(spec, target, path, len(records), fmt, col, column), encoding="utf-8")
+    console.print(f"wrote [bold]{target}[/] ({len(slices)} slice{'s' * (len(slices) > 1)}, format {fmt}); checking it:")
+    final = spec_mod.load(target)  # check what was written, as `afina sweep` will read it
+    report = check.run(final, data.prepare(final, collect=True), tokenizer)
+    check.render(report, console)
+    console.print(f"Next: edit {target} if you like, then [bold]afina sweep {target}[/]")
+    return report
+
+
+def slice_column(records: list[dict], content: set[str]) -> str | None:
+    """A text column with 2..12 values, each on at least 2 rows: preferred names first, then the finest."""
+    candidates = []
+    for column, value in records[0].items():
+        if column in content or not isinstance(value, str):
+            continue
+        counts = Counter(r.get(column) for r in records)
+        if 2 <= len(counts) <= MAX_SLICES and min(counts.values()) >= 2 and all(isinstance(v, str) and v.strip() for v in counts):
+            candidates.append((column.lower() not in PREFERRED, -len(counts), column))
+    return min(candidates)[2] if candidates else None
+
+
+def _slug(value) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", str(value).lower()).strip("_")
+
+
+def _validate(spec: dict, folder: Path, data_file: Path):
+    """The spec as afina will read it, with the data path made absolute: the folder may not exist yet."""
+    import copy
+
+    from pydantic import ValidationError
+
+    from afina.spec import Spec
+
+    spec = copy.deepcopy(spec)
+    for s in spec["data"]["slices"].values():
+        s["path"] = str(data_file.resolve())
+    try:
+        return Spec.model_validate({**spec, "base_dir": folder})
+    except ValidationError as e:  # e.g. two values that slug to one name
+        raise UserError(f"could not build a spec from this data ({e.errors()[0]['msg']}); write it by hand from experiments/quickstart.yaml") from None
+
+
+def _max_length(prepared: data.Prepared, tokenizer) -> int:
+    """Room for 95% of the rows after the chat template, in steps of 64, capped at TRL's default 1024."""
+    rows = [r for rows in prepared.slices.values() for r in rows]
+    if not rows:
+        return 256
+    lengths = sorted(check._tokens(rows, tokenizer))
+    p95 = lengths[int(0.95 * (len(lengths) - 1))]
+    return int(min(1024, max(128, -(-p95 // 64) * 64)))
+
+
+def _prompts(rows: list[data.Row], n: int = 3) -> list[dict]:
+    out = []
+    for row in rows[:n]:
+        users = [m["content"] for m in row.messages if m["role"] == "user"]
+        answer = next((m["content"] for m in reversed(row.messages) if m["role"] == "assistant"), None)
+        prompt = users[-1] if users else " ".join((answer or "").split()[:8])  # text data: the model continues
+        if prompt:
+            out.append({"prompt": prompt, "reference": answer})
+    return out
+
+
+def _render(spec: dict, target: Path, source: Path, n: int, fmt: str, col: dict, column: str | None) -> str:
+    used = ", ".join(f"{k}={v}" for k, v in col.items() if v)
+    notes = {
+        "name": [f"Written by `afina init {source}`: {n} rows, format {fmt} ({used}).",
+                 "Check the data again after any edit: afina check " + str(target)],
+        "model": ["Embedded SmolLM2-135M-Instruct (works offline); a Hugging Face id or a local folder also works."],
+        "data": [f"One slice per value of column {column!r}; the search weighs them." if column else "One slice: the whole file.",
+                 "eval: a seeded 10% of every slice is held out (max_rows caps it so evaluation stays quick on a CPU)."],
+        "train": ["Any TRL SFTConfig field. max_length fits 95% of the rows after the chat template."],
+        "lora": ["Any PEFT LoraConfig field."],
+        "search": ["Dotted keys: train.X, lora.X, slices.NAME.include|weight|fraction. Raise n_trials on a GPU."],
+        "samples": ["Prompts drawn from the eval rows; every trial answers them, so compare the answers in MLflow."],
+    }
+    out = [f"# afina sweep {target.as_posix()}", "#"]
+    for key, value in spec.items():
+        out += [f"# {line}" for line in notes.get(key, [])]
+        out.append(yaml.dump(_Top({key: value}), Dumper=_Plain, sort_keys=False, allow_unicode=True, width=120).rstrip())
+        out.append("")
+    return "\n".join(out)
+
+
+class _Plain(yaml.SafeDumper):
+    """Write repeated values out in full: `&id001` anchors puzzle people editing the file."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
+def _short(value) -> bool:
+    return isinstance(value, (int, float, bool)) or (isinstance(value, str) and len(value) < 40)
+
+
+def _flow_list(dumper, value):  # [1.0e-4, 2.0e-3] on one line
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=len(value) <= 8 and all(map(_short, value)))
+
+
+def _flow_dict(dumper, value):  # {float: [0.1, 1.0]}, {category: REFUND} on one line
+    flat = len(value) <= 3 and all(_short(v) or (isinstance(v, list) and len(v) <= 8 and all(map(_short, v))) for v in value.values())
+    return dumper.represent_mapping("tag:yaml.org,2002:map", value.items(), flow_style=flat)
+
+
+class _Top(dict):
+    """A top-level section: always block style."""
+
+
+_Plain.add_representer(list, _flow_list)
+_Plain.add_representer(dict, _flow_dict)
+_Plain.add_representer(_Top, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v.items(), flow_style=False))

@@ -1,0 +1,145 @@
+"""LLM-as-judge: a judge model reads the rubric, the question and an answer, and gives a score.
+
+The judge is any model afina can load (`model: smollm2-135m`, a local folder, a hub id) or an
+OpenAI-compatible chat endpoint (`url:` + the name of the environment variable that holds the
+key). Judges answer in free text, so scores are parsed leniently ("7", "Score: 7", "7/10");
+answers with no usable score are counted (`judge_unparsed`), never crashed on. An endpoint that
+cannot be reached raises, which fails the trial with that reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import urllib.error
+import urllib.request
+
+PROMPT = """You are grading an answer from a customer-facing assistant.
+Rubric: {rubric}
+
+Question: {prompt}
+{reference}Answer: {answer}
+
+Rate the answer from {lo} to {hi} following the rubric. Reply with the number only."""
+
+PAIR = """You are comparing two answers from customer-facing assistants.
+Rubric: {rubric}
+
+Question: {prompt}
+{reference}Answer A: {a}
+
+Answer B: {b}
+
+Which answer is better under the rubric? Reply with exactly one of: A, B, tie."""
+
+
+def ask(cfg, messages: list[str]) -> list[str]:
+    """Raw judge replies, one per message."""
+    if cfg.url:
+        return [_http(cfg, m) for m in messages]
+    from afina import generate
+
+    model, tok = _local(cfg.model)
+    return generate.generate(model, tok, messages, cfg.max_new_tokens, 0.0)
+
+
+def score(cfg, prompts: list[dict], outputs: list[str]) -> tuple[list[float | None], list[str]]:
+    """(score per answer or None when unparseable, raw replies)."""
+    lo, hi = cfg.scale
+    messages = [
+        PROMPT.format(
+            rubric=cfg.rubric,
+            prompt=p["prompt"],
+            answer=o,
+            lo=lo,
+            hi=hi,
+            reference=f"Reference answer: {p['reference']}\n" if p.get("reference") and cfg.show_reference else "",
+        )
+        for p, o in zip(prompts, outputs, strict=True)
+    ]
+    raw = ask(cfg, messages)
+    return [parse_score(r, lo, hi) for r in raw], raw
+
+
+def verdicts(cfg, prompts: list[dict], a: list[str], b: list[str]) -> list[str | None]:
+    """Pairwise: 'A', 'B', 'tie' or None (unparseable) per prompt."""
+    messages = [
+        PAIR.format(
+            rubric=cfg.rubric,
+            prompt=p["prompt"],
+            a=x,
+            b=y,
+            reference=f"Reference answer: {p['reference']}\n" if p.get("reference") and cfg.show_reference else "",
+        )
+        for p, x, y in zip(prompts, a, b, strict=True)
+    ]
+    return [parse_verdict(r) for r in ask(cfg, messages)]
+
+
+_NUM = r"(\d+(?:[.,]\d+)?)"
+
+
+def parse_score(text: str, lo: float, hi: float) -> float | None:
+    """The judge's score in [lo, hi], or None. Tries 'x/hi', 'score: x', then the first number in range."""
+    text = text or ""
+    candidates = [m.group(1) for m in re.finditer(_NUM + r"\s*/\s*" + re.escape(_fmt(hi)) + r"\b", text)]
+    candidates += [m.group(1) for m in re.finditer(r"(?i)(?:score|rating|puntuaci[oó]n|nota)\W{0,3}" + _NUM, text)]
+    bare = re.sub(
+        r"(?i)\d+\s*(?:-|–|to)\s*\d+|out of\s*\d+(?:\s*(?:-|–|to)\s*\d+)?|/\s*\d+", " ", text
+    )  # "1-10", "out of 10": the scale, not a score
+    candidates += re.findall(r"(?<![\d.,])" + _NUM + r"(?![\d.,]*\d)", bare)
+    for c in candidates:
+        value = float(c.replace(",", "."))
+        if lo <= value <= hi:
+            return value
+    return None
+
+
+def parse_verdict(text: str) -> str | None:
+    text = (text or "").strip()
+    m = re.search(r"(?i)\b(?:answer|winner|verdict|better)\W{0,3}(A|B|tie)\b", text) or re.match(r"\W*(A|B|tie|empate)\b", text, re.I)
+    if not m:
+        return None
+    word = m.group(1).lower()
+    return "tie" if word in ("tie", "empate") else word.upper()
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _http(cfg, content: str) -> str:
+    """One chat completion. Down or refusing: raise (the trial fails). Garbage body: return it (unparsed)."""
+    url = cfg.url.rstrip("/")
+    url = url if url.endswith("/chat/completions") else url + "/chat/completions"
+    body = json.dumps(
+        {"model": cfg.name, "messages": [{"role": "user", "content": content}], "temperature": 0, "max_tokens": cfg.max_new_tokens}
+    ).encode()
+    headers = {"Content-Type": "application/json"}
+    if cfg.api_key_env:
+        headers["Authorization"] = f"Bearer {os.environ.get(cfg.api_key_env, '')}"
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=cfg.timeout) as resp:
+            text = resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(
+            f"judge endpoint {url} answered HTTP {e.code} ({e.reason}); check evaluate.judge.url, name and the key in ${cfg.api_key_env or '-'}"
+        ) from None
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        raise RuntimeError(f"judge endpoint {url} is unreachable ({getattr(e, 'reason', e)}); start it or fix evaluate.judge.url") from None
+    try:
+        return json.loads(text)["choices"][0]["message"]["content"] or ""
+    except (ValueError, KeyError, IndexError, TypeError):
+        return text[:500]  # not an OpenAI-shaped reply: keep it, it counts as unparsed
+
+
+@functools.cache
+def _local(ref: str):
+    """A local judge is loaded once per process and reused by every trial."""
+    from afina import models
+
+    folder = models.resolve(ref)
+    return models.load_model(folder), models.load_tokenizer(folder)

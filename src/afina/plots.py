@@ -1,0 +1,129 @@
+"""The sweep as pictures: Optuna's plots (PNG via matplotlib, interactive HTML via plotly).
+
+`render(study, folder)` writes what the finished trials can support: optimisation history,
+parameter importances (data slices are parameters too), parallel coordinates, the effect of
+including each data slice, and the Pareto front of a multi-objective study. A plot the data
+cannot support yet (one trial, no variation) is skipped, never an error.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def render(study, folder: Path) -> list[Path]:
+    """PNG per plot plus one `interactive.html` holding all plotly figures (plotly.js inlined once)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; also safe inside a worker thread
+    folder.mkdir(parents=True, exist_ok=True)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.values]
+    if not done:
+        return []
+    names = study.user_attrs.get("objectives") or [f"objective {i}" for i in range(len(study.directions))]
+    written: list[Path] = []
+    figures: list[tuple[str, Any]] = []
+    for name, draw in _plots(study, names, done):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks the matplotlib backend experimental
+            try:
+                png, fig = draw()
+            except (ValueError, RuntimeError, ZeroDivisionError, IndexError):
+                continue  # not enough variation yet for this plot
+        if png is not None:
+            path = folder / f"{name}.png"
+            png.savefig(path, dpi=90, bbox_inches="tight")
+            written.append(path)
+        if fig is not None:
+            figures.append((name, fig))
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+    if figures:
+        written.append(_interactive(figures, folder / "interactive.html", study.study_name))
+    return written
+
+
+def _plots(study, names: list[str], done) -> list[tuple[str, Callable]]:
+    import optuna.visualization as pv
+    import optuna.visualization.matplotlib as pm
+
+    multi = len(study.directions) > 1
+    out: list[tuple[str, Callable]] = []
+    for i, name in enumerate(names):
+        kw: dict[str, Any] = {"target_name": name}
+        if multi:
+            kw["target"] = _value(i)
+        suffix = f"-{_safe(name)}" if multi else ""
+        out.append((f"history{suffix}", _both(pm.plot_optimization_history, pv.plot_optimization_history, study, **kw)))
+        if len({tuple(sorted(t.params.items(), key=str)) for t in done}) > 1:
+            out.append((f"importances{suffix}", _both(pm.plot_param_importances, pv.plot_param_importances, study, **kw)))
+            out.append((f"parallel{suffix}", _both(pm.plot_parallel_coordinate, pv.plot_parallel_coordinate, study, **kw)))
+        out.append((f"slices{suffix}", lambda i=i, name=name: slice_effect(done, i, name)))
+    if multi and len(names) in (2, 3):
+        out.append(("pareto", _both(pm.plot_pareto_front, pv.plot_pareto_front, study, target_names=names)))
+    return out
+
+
+def _value(i: int) -> Callable:
+    return lambda t: t.values[i]
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def _both(mpl_fn, plotly_fn, study, **kw) -> Callable:
+    def draw():
+        ax = mpl_fn(study, **kw)
+        first = ax.flat[0] if hasattr(ax, "flat") else ax
+        return first.figure, plotly_fn(study, **kw)
+
+    return draw
+
+
+def slice_effect(done, index: int, name: str):
+    """Objective of trials with vs without each data slice (`slices.X.include` params)."""
+    import matplotlib.pyplot as plt
+    import plotly.graph_objects as go
+
+    keys = sorted({k for t in done for k in t.params if k.startswith("slices.") and k.endswith(".include")})
+    groups = []
+    for key in keys:
+        slice_name = key.split(".")[1]
+        for flag, label in ((True, "with"), (False, "without")):
+            vals = [t.values[index] for t in done if t.params.get(key) == flag and math.isfinite(t.values[index])]
+            groups.append((slice_name, label, vals))
+    if not any(vals for _, _, vals in groups):
+        raise ValueError("no slice was searched")
+    fig, ax = plt.subplots(figsize=(max(4, 2.2 * len(keys)), 3.6))
+    pfig = go.Figure()
+    for j, (slice_name, label, vals) in enumerate(groups):
+        colour = "tab:blue" if label == "with" else "tab:orange"
+        if vals:
+            ax.bar(j, sum(vals) / len(vals), color=colour, alpha=0.35)
+            ax.scatter([j] * len(vals), vals, color=colour, zorder=3)
+        pfig.add_trace(go.Box(y=vals, name=f"{slice_name} · {label}", boxpoints="all", marker_color=colour.removeprefix("tab:")))
+    ax.set_xticks(range(len(groups)), [f"{s}\n{lab} (n={len(v)})" for s, lab, v in groups])
+    ax.set_ylabel(name)
+    ax.set_title(f"{name} with vs without each data slice")
+    pfig.update_layout(title=f"{name} with vs without each data slice", yaxis_title=name, showlegend=False)
+    return fig, pfig
+
+
+def _interactive(figures: list[tuple[str, Any]], path: Path, title: str) -> Path:
+    from plotly.offline import get_plotlyjs
+
+    parts = [f"<h2>{name}</h2>" + fig.to_html(full_html=False, include_plotlyjs=False) for name, fig in figures]
+    # plotly.js inlined (not a CDN link): afina works offline and the MLflow UI shows it as is.
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title} · afina plots</title>"
+        f"<script>{get_plotlyjs()}</script></head><body style='font-family:sans-serif'>"
+        f"<h1>{title}</h1>{''.join(parts)}</body></html>",
+        encoding="utf-8",
+    )
+    return path

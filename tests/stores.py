@@ -1,0 +1,118 @@
+"""Real shared stores for the scale-out and fault tests: PostgreSQL databases and `afina server` processes.
+
+Tests that need PostgreSQL skip when 127.0.0.1:5432 does not answer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+PG = os.environ.get("AFINA_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+
+
+def pg_ok() -> bool:
+    try:
+        import psycopg2
+
+        psycopg2.connect(f"{PG}/postgres", connect_timeout=3).close()
+        return True
+    except Exception:
+        return False
+
+
+needs_pg = pytest.mark.skipif(not pg_ok(), reason="PostgreSQL at 127.0.0.1:5432 is not reachable")
+
+
+def _admin(sql: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(f"{PG}/postgres", connect_timeout=5)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql)
+    conn.close()
+
+
+def new_database() -> tuple[str, str]:
+    name = f"afina_test_{uuid.uuid4().hex[:10]}"
+    _admin(f"CREATE DATABASE {name}")
+    return name, f"{PG}/{name}"
+
+
+def drop_database(name: str) -> None:
+    _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(**extra: str) -> dict[str, str]:
+    """Environment for afina subprocesses: offline, quiet, no job runner in the MLflow server."""
+    out = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONUNBUFFERED": "1"}
+    for key in ("AFINA_OPTUNA_STORAGE", "AFINA_TRACKING_URI", "MLFLOW_TRACKING_URI"):
+        out.pop(key, None)
+    return out | extra
+
+
+def start_server(backend: str, artifacts: Path, port: int, log: Path) -> subprocess.Popen:
+    """`afina server` on a loopback port; returns once /health answers."""
+    import requests
+
+    f = log.open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "afina", "server", "--backend-store-uri", backend, "--artifacts-destination",
+                             str(artifacts), "--port", str(port), "--workers", "2"], stdout=f, stderr=subprocess.STDOUT,
+                            env=env(), start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"afina server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                return proc
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    stop(proc)
+    raise RuntimeError(f"afina server did not answer: {log.read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a process started in its own session, with its children."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def sweep(spec: Path, cwd: Path, out: Path, **extra: str) -> subprocess.Popen:
+    f = out.open("ab")
+    return subprocess.Popen([sys.executable, "-m", "afina", "sweep", str(spec), "--no-progress"], cwd=cwd, stdout=f,
+                            stderr=subprocess.STDOUT, env=env(**extra), start_new_session=True)
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -1,0 +1,105 @@
+"""`afina init` writes a working, commented spec from a bare data file; the shipped bitext example runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from afina import data
+from afina import spec as spec_mod
+from conftest import ROOT, SHARED_DATA, write_spec
+
+BITEXT = SHARED_DATA / "bitext-customer-support" / "customer_support.csv"
+needs_bitext = pytest.mark.skipif(not BITEXT.is_file(), reason="../shared/data/bitext-customer-support is absent")
+
+
+@pytest.fixture
+def tickets(project) -> Path:
+    lines = ["instruction,response,category,agent"]
+    for cat, n in (("REFUND", 30), ("ORDER", 20), ("SHIPPING ADDRESS", 10)):
+        lines += [f"question {i} about {cat.lower()},answer {i} about {cat.lower()} with details,{cat},agent{i}" for i in range(n)]
+    path = project / "inbox" / "tickets.csv"
+    path.parent.mkdir()
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_init_writes_a_spec_that_loads_and_checks(tickets, cli, project):
+    code, out, err = cli("init", tickets, "--model", "tiny-random")
+    assert code == 0, err
+    target = project / "experiments" / "tickets.yaml"
+    text = target.read_text(encoding="utf-8")
+    assert text.splitlines()[0] == "# afina sweep experiments/tickets.yaml" and "check: 0 errors" in out
+    spec = spec_mod.load(target)
+    assert sorted(spec.data.slices) == ["order", "refund", "shipping_address"]  # one slice per category value
+    s = spec.data.slices["shipping_address"]
+    assert s.path == "../inbox/tickets.csv" and s.where == {"category": "SHIPPING ADDRESS"}
+    assert s.columns == {"prompt": "instruction", "completion": "response"}
+    assert spec.data.eval.split == 0.1 and spec.model.ref == "tiny-random"
+    assert set(spec.search.space) == {"train.learning_rate", "lora.r", *(f"slices.{n}.weight" for n in spec.data.slices)}
+    prepared = data.prepare(spec)
+    held = {m["content"] for r in prepared.eval for m in r.messages}
+    assert len(spec.samples.prompts) == 3 and all(p.prompt in held and p.reference in held for p in spec.samples.prompts)
+    code, _, err = cli("init", tickets)
+    assert code == 2 and "already exists; pass --force" in err
+    assert target.read_text(encoding="utf-8") == text
+    code, _, err = cli("init", tickets, "--model", "tiny-random", "--force", "--name", "tickets")
+    assert code == 0, err
+
+
+def test_init_on_chats_without_a_category_makes_one_slice(project, cli):
+    rows = [{"messages": [{"role": "user", "content": f"pregunta {i}"}, {"role": "assistant", "content": f"respuesta número {i}"}]}
+            for i in range(20)]
+    (project / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    code, _, err = cli("init", project / "chats.jsonl", "--model", "tiny-random", "--name", "mine")
+    assert code == 0, err
+    spec = spec_mod.load(project / "experiments" / "mine.yaml")
+    assert list(spec.data.slices) == ["chats"] and "slices.chats.weight" not in spec.search.space
+
+
+def test_init_refuses_what_it_cannot_read(project, cli):
+    (project / "odd.csv").write_text("foo,bar\n1,2\n", encoding="utf-8")
+    code, _, err = cli("init", project / "odd.csv", "--model", "tiny-random")
+    assert code == 2 and "cannot tell the format from columns ['bar', 'foo']" in err
+    code, _, err = cli("init", project / "missing.jsonl")
+    assert code == 2 and "no such file" in err
+    assert not (project / "experiments").exists()
+
+
+def test_every_shipped_spec_starts_with_its_command_and_loads():
+    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+        assert path.read_text(encoding="utf-8").splitlines()[0] == f"# afina sweep experiments/{path.name}"
+        spec_mod.load(path)
+
+
+@needs_bitext
+def test_init_on_bitext_proposes_category_slices(project, cli):
+    code, out, err = cli("init", BITEXT, "--model", "tiny-random", "--name", "bitext")
+    assert code == 0, err
+    spec = spec_mod.load(project / "experiments" / "bitext.yaml")
+    assert len(spec.data.slices) == 11 and spec.data.slices["refund"].where == {"category": "REFUND"}
+
+
+@needs_bitext
+def test_customer_support_example_sweeps_category_weights(project, cli):
+    raw = yaml.safe_load((ROOT / "experiments" / "customer_support.yaml").read_text(encoding="utf-8"))
+    for s in raw["data"]["slices"].values():
+        assert (ROOT / "experiments" / s["path"]).resolve() == BITEXT.resolve()
+        s["path"], s["max_rows"] = str(BITEXT), 24
+    raw["model"]["ref"], raw["search"]["n_trials"] = "tiny-random", 2
+    raw["train"].update(max_steps=2, eval_steps=1, max_length=128)
+    raw["data"]["eval"]["max_rows"] = 8
+    raw["samples"]["max_new_tokens"] = 4
+    code, _, err = cli("sweep", write_spec(project, raw), "--no-progress")
+    assert code == 0, err
+    c = MlflowClient(f"sqlite:///{Path('mlruns/mlflow.db').resolve()}")
+    runs = c.search_runs(c.get_experiment_by_name("customer_support").experiment_id, "tags.`afina.role` = 'trial'")
+    assert len(runs) == 2
+    for run in runs:
+        p = run.data.params
+        assert {f"slices.{n}.weight" for n in raw["data"]["slices"]} <= set(p)
+        assert int(p["rows.train"]) == sum(int(p[f"rows.{n}"]) for n in raw["data"]["slices"]) > 0

@@ -1,0 +1,185 @@
+"""LLM-as-judge against a fake OpenAI-compatible endpoint on 127.0.0.1 and against the tiny local model."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from afina import judge
+from conftest import tiny_spec, write_spec
+
+FAST = {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 48, "eval_steps": 1, "seed": 0}
+PROMPTS = [
+    {"prompt": "Describe una camiseta básica blanca", "reference": "Una camiseta."},
+    "¿Puedo devolver un pedido?",
+    "¿Cuánto tarda el envío a Sevilla?",
+]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("7", 7.0),
+        ("Score: 8", 8.0),
+        ("I'd give it 6/10.", 6.0),
+        ("Puntuación: 9,5", 9.5),
+        ("**3**", 3.0),
+        ("Rating = 10 out of 10", 10.0),
+        ("Out of 1-10, this is a 4", 4.0),
+        ("42", None),
+        ("I like turtles", None),
+        ("", None),
+        ("score: 0, then 5", 5.0),
+    ],
+)
+def test_parse_score(text, expected):
+    assert judge.parse_score(text, 1, 10) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("A", "A"),
+        ("B.", "B"),
+        ("tie", "tie"),
+        ("Answer B is better", "B"),
+        ("Winner: A", "A"),
+        ("Empate", "tie"),
+        ("Both are bad", None),
+        ("", None),
+    ],
+)
+def test_parse_verdict(text, expected):
+    assert judge.parse_verdict(text) == expected
+
+
+class FakeJudge(BaseHTTPRequestHandler):
+    """OpenAI-style /v1/chat/completions: pairwise -> 'A'; otherwise alternates a score with garbage."""
+
+    seen: list = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeJudge.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        content = body["messages"][0]["content"]
+        if "Answer A" in content:
+            reply = "A"
+        else:
+            reply = "Score: 7/10" if len(FakeJudge.seen) % 2 else "I like turtles"
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def endpoint():
+    FakeJudge.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_endpoint_judge_drives_a_sweep_and_compare(project, cli, endpoint, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "sk-test-123")
+    spec = tiny_spec(
+        train=FAST,
+        samples={"prompts": PROMPTS, "max_new_tokens": 6},
+        evaluate={
+            "metrics": ["length"],
+            "judge": {"url": endpoint, "api_key_env": "JUDGE_KEY", "name": "grader", "rubric": "Friendly and correct?"},
+        },
+        search={**tiny_spec()["search"], "n_trials": 2, "objective": "judge"},
+    )
+    path = write_spec(project, spec)
+    code, out, err = cli("sweep", path, "--no-progress")
+    assert code == 0, err
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///mlruns/optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    c = MlflowClient(f"sqlite:///{Path('mlruns/mlflow.db').resolve()}")
+    for t in study.trials:  # half the replies are garbage: counted, the others parsed as 7
+        assert t.value == 7.0
+        m = c.get_run(t.user_attrs["mlflow_run_id"]).data.metrics
+        assert m["judge"] == 7.0 and m["judge_unparsed"] in (1.0, 2.0)
+    assert study.user_attrs["baseline"]["judge"] == 7.0  # the base model was judged too
+    seen = FakeJudge.seen
+    assert len(seen) == 3 * 3  # baseline + 2 trials, 3 prompts each
+    assert all(s["path"] == "/v1/chat/completions" and s["auth"] == "Bearer sk-test-123" and s["body"]["model"] == "grader" for s in seen)
+    assert "Friendly and correct?" in seen[0]["body"]["messages"][0]["content"]
+    assert "Reference answer: Una camiseta." in seen[0]["body"]["messages"][0]["content"]
+
+    FakeJudge.seen = []
+    code, out, err = cli("compare", path, "--top", "2", "--judge")
+    assert code == 0, err
+    page = (project / "mlruns" / "reports" / "tiny-compare.html").read_text()
+    assert "judge vs base" in page
+    # the fake judge always says "A"; the order alternates, so each trial wins where it was shown first
+    assert len(FakeJudge.seen) == 2 * 3
+
+
+def test_judge_down_fails_trials_not_the_sweep(project, cli):
+    import socket
+
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = tiny_spec(
+        train=FAST,
+        evaluate={"judge": {"url": f"http://127.0.0.1:{port}/v1", "timeout": 5}},
+        search={**tiny_spec()["search"], "n_trials": 2, "objective": "judge"},
+    )
+    code, out, err = cli("sweep", write_spec(project, spec), "--no-progress")
+    assert code == 0, err
+    assert "baseline failed" in out and "unreachable" in out
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///mlruns/optuna.db")
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    assert all("judge endpoint" in t.user_attrs["fail_reason"] and "unreachable" in t.user_attrs["fail_reason"] for t in study.trials)
+
+
+def test_judge_key_variable_must_be_set(project, cli, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_JUDGE_KEY", raising=False)
+    spec = tiny_spec(evaluate={"judge": {"url": "http://127.0.0.1:9/v1", "api_key_env": "NO_SUCH_JUDGE_KEY"}})
+    code, _, err = cli("sweep", write_spec(project, spec), "--no-progress")
+    assert code == 2 and "NO_SUCH_JUDGE_KEY is not set" in err
+    spec = tiny_spec(evaluate={"judge": {"url": "http://x", "model": "tiny-random"}})
+    code, _, err = cli("sweep", write_spec(project, spec), "--no-progress")
+    assert code == 2 and "exactly one of model" in err
+    assert not (project / "mlruns").exists()
+
+
+def test_local_model_judge_counts_what_it_cannot_parse():
+    cfg = SimpleNamespace(model="tiny-random", url=None, rubric="Be nice.", scale=(1, 10), show_reference=True, max_new_tokens=6)
+    prompts = [{"prompt": "¿Puedo devolver un pedido?", "reference": "Sí."}, {"prompt": "Hola", "reference": None}]
+    scores, raw = judge.score(cfg, prompts, ["Sí, claro.", "¡Hola!"])
+    assert len(scores) == len(raw) == 2
+    # a random 2-layer model answers noise: every reply is either a score in range or counted as unparsed
+    assert all(s is None or 1 <= s <= 10 for s in scores)
+    assert [judge.parse_score(r, 1, 10) for r in raw] == scores
+
+
+def test_local_model_judge_in_a_sweep(project, cli):
+    spec = tiny_spec(
+        train=FAST,
+        evaluate={"metrics": ["rougeL"], "judge": {"model": "tiny-random", "max_new_tokens": 4}},
+        search={**tiny_spec()["search"], "n_trials": 1, "objective": "rougeL"},
+    )
+    code, out, err = cli("sweep", write_spec(project, spec), "--no-progress")
+    assert code == 0, err
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///mlruns/optuna.db")
+    t = study.trials[0]
+    assert t.state.name == "COMPLETE", t.user_attrs
+    r = t.user_attrs["results"]
+    assert r["judge_unparsed"] + (1 if "judge" in r else 0) >= 1 and 0 <= r["judge_unparsed"] <= 2

@@ -1,0 +1,52 @@
+"""One worker runs many trials: memory stays flat, and reusing the base model and the token cache
+changes nothing about the results (same seed, same eval loss as a fresh load)."""
+
+from __future__ import annotations
+
+import gc
+import sys
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+def _live(kind) -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, kind))
+
+
+def test_rss_and_live_models_stay_flat_across_trials(afina_cache, tmp_path):
+    import common
+    from transformers import PreTrainedModel, Trainer
+
+    bench = common.Bench("tiny-random", 2, tmp_path, batch=4, max_length=64, eval_steps=1)
+    proc = psutil.Process()
+    rss, models = [], []
+    for _ in range(5):
+        bench.afina()
+        models.append(_live(PreTrainedModel))
+        rss.append(proc.memory_info().rss / 2**20)
+    assert _live(Trainer) == 0, "a finished trial's trainer is still alive"
+    # the worker keeps exactly its pristine base; trial copies are freed
+    assert models[1:] == [models[0]] * 4, models
+    growth = rss[-1] - rss[1]  # the first trial fills caches (imports, base, tokens)
+    assert growth < 40, f"RSS grew {growth:.1f} MiB over 3 trials: {[round(x) for x in rss]}"
+
+
+def test_reuse_gives_identical_results(afina_cache, tmp_path):
+    import common
+
+    from afina import data, models
+
+    bench = common.Bench("tiny-random", 3, tmp_path, batch=4, max_length=64, eval_steps=1)
+    models._PRISTINE.clear()
+    data._TOKENS.clear()
+    fresh = bench.afina(lr=3e-3, reuse=False)
+    cold = bench.afina(lr=3e-3, reuse=True)   # loads the base, tokenizes, writes the disk cache
+    data._TOKENS.clear()
+    disk = bench.afina(lr=3e-3, reuse=True)   # tokens read back from the disk cache, base from memory
+    assert fresh["eval_loss"] == cold["eval_loss"] == disk["eval_loss"]
+    assert fresh["tokens"] == cold["tokens"] == disk["tokens"]
+    assert list((Path(afina_cache) / "tokens").iterdir()), "the token cache was not written to disk"

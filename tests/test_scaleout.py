@@ -1,0 +1,183 @@
+"""Scale-out on real shared stores: PostgreSQL (Optuna + MLflow backend), `afina server`, worker processes.
+
+Faults injected here: a worker killed with SIGKILL mid-trial, and the MLflow server stopped mid-trial.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from afina.sweep import finished
+from conftest import tiny_spec, write_spec
+from stores import drop_database, free_port, needs_pg, new_database, start_server, stop, sweep, wait_for
+
+pytestmark = needs_pg
+SECRET, TOKEN = "pw-s3cr3t-xyz", "hf_tok3n_s3cr3t"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """One Optuna database, and one MLflow server on its own PostgreSQL database, for the whole module."""
+    root = tmp_path_factory.mktemp("stack")
+    (opt_name, opt_url), (ml_name, ml_url) = new_database(), new_database()
+    port = free_port()
+    server = start_server(ml_url, root / "artifacts", port, root / "server.log")
+    # Trust auth ignores the password, so it can be real-looking: it must never show up anywhere.
+    storage = opt_url.replace("postgres@", f"postgres:{SECRET}@")
+    s = {"root": root, "storage": storage, "uri": f"http://127.0.0.1:{port}", "port": port, "backend": ml_url,
+         "server": server, "log": root / "server.log"}
+    yield s
+    stop(s["server"])  # the outage test replaces it
+    drop_database(opt_name)
+    drop_database(ml_name)
+
+
+def spec_for(folder: Path, name: str, n_trials: int, heartbeat: int = 2, **train) -> Path:
+    spec = tiny_spec(name=name, search={"n_trials": n_trials, "heartbeat": heartbeat},
+                     train={"max_steps": 4, "eval_steps": 2, **train}, samples={"prompts": ["¿Puedo devolver un pedido?"]},
+                     tracking={"checkpoint_dir": str(folder / "checkpoints")})
+    return write_spec(folder, spec, f"{name}.yaml")
+
+
+def load(stack, name: str):
+    if "optuna" not in stack:  # one storage (one connection pool) for all polling
+        stack["optuna"] = optuna.storages.RDBStorage(stack["storage"])
+    return optuna.load_study(study_name=name, storage=stack["optuna"])
+
+
+def runs(stack, name: str, role: str = "trial"):
+    c = MlflowClient(stack["uri"])
+    exp = c.get_experiment_by_name(name)
+    return c, c.search_runs([exp.experiment_id], f"tags.`afina.role` = '{role}'", max_results=500)
+
+
+def test_four_workers_share_one_study(stack, tmp_path):
+    n = 12
+    path = spec_for(tmp_path, "scale", n, heartbeat=5, max_steps=2, eval_steps=1)
+    env = {"AFINA_OPTUNA_STORAGE": stack["storage"], "AFINA_TRACKING_URI": stack["uri"], "HF_TOKEN": TOKEN}
+    logs = [tmp_path / f"worker-{i}.log" for i in range(4)]
+    workers = [sweep(path, tmp_path, log, **env) for log in logs]
+    for w in workers:
+        assert w.wait(timeout=400) == 0, "\n".join(log.read_text()[-3000:] for log in logs)
+
+    study = load(stack, "scale")
+    trials = study.get_trials()
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(done) == n == finished(study)
+    assert len({t.number for t in done}) == n
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    assert len({t.user_attrs["worker"] for t in done}) >= 2  # the work really was shared
+
+    c, children = runs(stack, "scale")
+    by_id = {r.info.run_id: r for r in children}
+    assert sorted(by_id) == sorted(t.user_attrs["mlflow_run_id"] for t in trials if "mlflow_run_id" in t.user_attrs)
+    for t in done:
+        r = by_id[t.user_attrs["mlflow_run_id"]]
+        assert r.info.status == "FINISHED" and r.data.tags["afina.state"] == "COMPLETE"
+        assert float(r.data.params["param.train.learning_rate"]) == pytest.approx(t.params["train.learning_rate"])
+        assert "best_eval_loss" in r.data.metrics
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    _, parents = runs(stack, "scale", "sweep")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+
+    # Secrets: the storage password and the hub token appear in no param, tag, artifact or output.
+    seen = [log.read_text() for log in logs]
+    for r in [*children, *parents]:
+        seen += [str(r.data.params), str(r.data.tags)]
+    art = stack["root"] / "artifacts"
+    seen += [p.read_text(errors="ignore") for p in art.rglob("*") if p.is_file() and p.suffix in (".yaml", ".json", ".txt", ".md")]
+    assert any("optuna_storage" in s for s in seen)  # the spec artifact was scanned
+    for text in seen:
+        assert SECRET not in text and TOKEN not in text
+
+
+def test_killed_worker_is_retried_from_its_checkpoint(stack, tmp_path):
+    n = 3
+    path = spec_for(tmp_path, "kill", n, max_steps=40, eval_steps=5)
+    env = {"AFINA_OPTUNA_STORAGE": stack["storage"], "AFINA_TRACKING_URI": stack["uri"]}
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
+    workers = {w.pid: w for w in (sweep(path, tmp_path, log, **env) for log in logs)}
+    ckpts = tmp_path / "checkpoints" / "kill"
+
+    def victim():
+        try:
+            study = load(stack, "kill")
+        except Exception:  # not created yet
+            return None
+        for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+            pid = int(t.user_attrs.get("worker", ":0").rsplit(":", 1)[1])
+            if pid in workers and list((ckpts / f"trial-{t.number}").glob("checkpoint-*/trainer_state.json")):  # a complete one
+                return t.number, pid
+        return None
+
+    number, pid = wait_for(victim, 240, "a running trial with a checkpoint")
+    os.kill(pid, signal.SIGKILL)
+    workers[pid].wait(timeout=20)
+    saved = sorted(int(p.parent.name.split("-")[1]) for p in (ckpts / f"trial-{number}").glob("checkpoint-*/trainer_state.json"))
+    (survivor,) = [w for p, w in workers.items() if p != pid]
+    assert survivor.wait(timeout=300) == 0, "\n".join(log.read_text()[-3000:] for log in logs)
+
+    study = load(stack, "kill")
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[number].state.name == "FAIL"
+    (retry,) = [t for t in trials.values() if t.system_attrs.get("failed_trial") == number]
+    assert retry.state.name == "COMPLETE" and retry.params == trials[number].params
+    assert Path(retry.user_attrs["resumed_from"]).parent == ckpts / f"trial-{number}"
+    resumed_at = int(Path(retry.user_attrs["resumed_from"]).name.split("-")[1])
+    assert resumed_at in saved and resumed_at >= 5
+    assert sum(t.state.name == "COMPLETE" for t in trials.values()) == n == finished(study)
+    assert not (ckpts / f"trial-{number}").exists()  # consumed by the retry
+
+    c = MlflowClient(stack["uri"])
+    history = c.get_metric_history(retry.user_attrs["mlflow_run_id"], "loss")
+    assert min(m.step for m in history) > resumed_at  # it continued, not started over
+    dead = c.get_run(trials[number].user_attrs["mlflow_run_id"])
+    assert dead.info.status == "FAILED" and "died" in dead.data.tags["afina.reason"]
+    _, children = runs(stack, "kill")
+    assert not [r for r in children if r.info.status == "RUNNING"]
+
+
+def test_mlflow_outage_mid_trial_is_kept_then_synced(stack, tmp_path, cli, monkeypatch):
+    path = spec_for(tmp_path, "outage", 1, max_steps=30, eval_steps=10)
+    env = {"AFINA_OPTUNA_STORAGE": stack["storage"], "AFINA_TRACKING_URI": stack["uri"],
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    log = tmp_path / "worker.log"
+    worker = sweep(path, tmp_path, log, **env)
+    c = MlflowClient(stack["uri"])
+
+    def started():
+        exp = c.get_experiment_by_name("outage")
+        found = exp and c.search_runs([exp.experiment_id], "tags.`afina.role` = 'trial' and metrics.loss > 0")
+        return found and found[0].info.run_id
+
+    run_id = wait_for(started, 240, "the trial's first metrics")
+    stop(stack["server"], signal.SIGKILL)  # the server vanishes mid-trial
+    assert worker.wait(timeout=300) == 0, log.read_text()[-3000:]
+    out = log.read_text()
+    assert "unreachable" in out and "afina sync" in out
+    time.sleep(1)
+    stack["server"] = start_server(stack["backend"], stack["root"] / "artifacts", stack["port"], stack["log"])
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AFINA_TRACKING_URI", stack["uri"])
+    code, text, err = cli("sync", path)
+    assert code == 0, err
+    assert "sent" in text
+    run = c.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["afina.state"] == "COMPLETE"
+    assert sorted({m.step for m in c.get_metric_history(run_id, "loss")}) == list(range(1, 31))
+    assert "best_eval_loss" in run.data.metrics
+    assert {a.path for a in c.list_artifacts(run_id)} >= {"checkpoint", "samples.json"}
+    _, parents = runs(stack, "outage", "sweep")
+    assert parents[0].info.status == "FINISHED"
+    assert not list((tmp_path / "fallback").glob("*.jsonl"))
+    code, text, _ = cli("sync", path)
+    assert code == 0 and "nothing to send" in text
