@@ -46,8 +46,9 @@ def fixed(a) -> dict:
 
     def timed(*args, **kw):  # measure sample generation so it is not counted as overhead
         t0 = time.perf_counter()
-        orig(*args, **kw)
+        scores = orig(*args, **kw)
         gen.append(time.perf_counter() - t0)
+        return scores
 
     trial._samples = timed
 

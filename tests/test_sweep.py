@@ -214,6 +214,13 @@ def test_status_without_study(project, cli):
     write_spec(project, tiny_spec())
     code, out, err = cli("status", "spec.yaml")
     assert code == 2
+    assert err.startswith("error: no Optuna storage at") and err.count("\n") == 1
+    assert not (project / "mlruns").exists()  # status never creates a store
+
+    (project / "mlruns").mkdir()
+    optuna.create_study(study_name="other", storage="sqlite:///mlruns/optuna.db")
+    code, out, err = cli("status", "spec.yaml")
+    assert code == 2
     assert err.startswith("error: no study named 'tiny'") and err.count("\n") == 1
 
 

@@ -320,16 +320,46 @@ class Spec(Strict):
 @functools.cache
 def sft_fields() -> dict[str, Any]:
     """SFTConfig field name -> default value, minus the fields afina owns."""
-    from trl import SFTConfig
-
-    return {f.name: f.default for f in dataclasses.fields(SFTConfig) if f.name not in OWNED_TRAIN_FIELDS}
+    fields = _fields("trl", "trl:SFTConfig")
+    return {k: v for k, v in fields.items() if k not in OWNED_TRAIN_FIELDS}
 
 
 @functools.cache
 def lora_fields() -> dict[str, Any]:
-    from peft import LoraConfig
+    fields = _fields("peft", "peft:LoraConfig")
+    return {k: v for k, v in fields.items() if k not in ("task_type", "peft_type")}
 
-    return {f.name: f.default for f in dataclasses.fields(LoraConfig) if f.name not in ("task_type", "peft_type")}
+
+def _fields(package: str, target: str) -> dict[str, Any]:
+    """Field names and simple defaults of a config dataclass, cached per installed version.
+
+    Importing TRL takes seconds; reading its field list from a small cache keeps `afina status`
+    and `afina check` fast while still validating against the installed version.
+    """
+    import importlib
+    import importlib.metadata
+    import json
+    import os
+
+    cache = Path(os.environ.get("AFINA_CACHE", Path.home() / ".cache" / "afina")).expanduser()
+    path = cache / "fields" / f"{target.replace(':', '.')}-{importlib.metadata.version(package)}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    module, _, name = target.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    # Only bool/number/str defaults matter (type checks); others are kept as None.
+    simple = (bool, int, float, str, type(None))
+    fields = {f.name: f.default if isinstance(f.default, simple) else None for f in dataclasses.fields(cls)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(fields))
+        tmp.replace(path)
+    except OSError:  # a read-only cache only costs speed
+        pass
+    return fields
 
 
 def _hint(word: str, choices) -> str:

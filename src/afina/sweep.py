@@ -51,15 +51,25 @@ def pruner(search):
         raise UserError(f"search.pruner_args: {e}; see Optuna's {kinds[search.pruner].__name__}") from None
 
 
-def storage(url: str, heartbeat: int | None = None):
-    """Optuna RDB storage; with a heartbeat, trials of dead workers fail and are retried."""
+def storage(url: str, heartbeat: int | None = None, read_only: bool = False):
+    """Optuna RDB storage; with a heartbeat, trials of dead workers fail and are retried.
+
+    read_only (status, promote): never create a file or tables, and skip Optuna's schema check,
+    whose alembic import alone costs a few hundred milliseconds.
+    """
     import optuna
     import sqlalchemy.exc
 
-    tracking.prepare_local(url)
     kw: dict[str, Any] = {}
+    if read_only:
+        path = tracking.sqlite_path(url)
+        if path is not None and not path.is_file():
+            raise UserError(f"no Optuna storage at {path}; run `afina sweep` first or pass --storage")
+        kw = {"skip_compatibility_check": True, "skip_table_creation": True}
+    else:
+        tracking.prepare_local(url)
     if heartbeat:
-        kw = {"heartbeat_interval": heartbeat, "grace_period": heartbeat * 3,
+        kw |= {"heartbeat_interval": heartbeat, "grace_period": heartbeat * 3,
               "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
     try:
         for attempt in range(3):  # workers starting together on an empty database race to create its tables
@@ -77,7 +87,7 @@ def open_study(spec, create: bool):
     """The spec's study; `create=False` raises when it does not exist yet."""
     import optuna
 
-    store = storage(spec.tracking.optuna_storage, spec.search.heartbeat if create else None)
+    store = storage(spec.tracking.optuna_storage, spec.search.heartbeat if create else None, read_only=not create)
     if not create:
         try:
             return optuna.load_study(study_name=spec.name, storage=store)
