@@ -93,6 +93,7 @@ def test_pareto_plots_leaderboard_report_and_compare(swept, cli, project):
 def test_compare_needs_a_study_and_a_judge(project, cli):
     path = write_spec(project, tiny_spec())
     code, _, err = cli("compare", path)
-    assert code == 2 and "no study named 'tiny'" in err
+    assert code == 2 and "no Optuna storage" in err and "run `afina sweep` first" in err
+    assert not (project / "mlruns").exists()
     code, _, err = cli("compare", path, "--judge")
     assert code == 2 and "--judge needs evaluate.judge" in err
