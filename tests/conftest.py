@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -69,6 +70,18 @@ def write_spec(folder: Path, spec: dict, name: str = "spec.yaml") -> Path:
     path = folder / name
     path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
+
+
+def jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def spec_file(folder: Path, slices: dict, eval_: dict, space: dict | None = None, **over) -> Path:
+    """tiny_spec on these slices, searching only the learning rate unless told."""
+    spec = tiny_spec(data={"slices": slices, "eval": eval_}, **over)
+    spec["search"]["space"] = space or {"train.learning_rate": {"float": [1e-4, 1e-2], "log": True}}
+    return write_spec(folder, spec)
 
 
 @pytest.fixture

@@ -10,24 +10,13 @@ from mlflow import MlflowClient
 
 from afina import check, data
 from afina import spec as spec_mod
-from conftest import TIENDA, tiny_spec, write_spec
+from conftest import TIENDA, jsonl, spec_file, tiny_spec, write_spec
 
 LONG = "palabra " * 200
 
 
 def chat(user, answer, *more):
     return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}, *more]}
-
-
-def jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def spec_file(folder: Path, slices: dict, eval_: dict, space: dict | None = None, **over) -> Path:
-    spec = tiny_spec(data={"slices": slices, "eval": eval_}, **over)
-    spec["search"]["space"] = space or {"train.learning_rate": {"float": [1e-4, 1e-2], "log": True}}
-    return write_spec(folder, spec)
 
 
 @pytest.fixture

@@ -11,21 +11,9 @@ import pytest
 from afina import data, models
 from afina import spec as spec_mod
 from afina.errors import UserError
-from conftest import tiny_spec, write_spec
+from conftest import jsonl, spec_file, tiny_spec, write_spec
 
 CHAT = [{"role": "user", "content": "hola"}, {"role": "assistant", "content": "¡Hola! ¿En qué te ayudo?"}]
-
-
-def jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def spec_file(folder: Path, slices: dict, eval_: dict, space: dict | None = None, **over) -> Path:
-    """tiny_spec on these slices, searching only the learning rate unless told."""
-    spec = tiny_spec(data={"slices": slices, "eval": eval_}, **over)
-    spec["search"]["space"] = space or {"train.learning_rate": {"float": [1e-4, 1e-2], "log": True}}
-    return write_spec(folder, spec)
 
 
 def sources(tmp: Path) -> dict[str, tuple[dict, list[list[dict]]]]:

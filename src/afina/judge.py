@@ -45,6 +45,10 @@ def ask(cfg, messages: list[str]) -> list[str]:
     return generate.generate(model, tok, messages, cfg.max_new_tokens, 0.0)
 
 
+def _reference(cfg, p: dict) -> str:
+    return f"Reference answer: {p['reference']}\n" if p.get("reference") and cfg.show_reference else ""
+
+
 def score(cfg, prompts: list[dict], outputs: list[str]) -> tuple[list[float | None], list[str]]:
     """(score per answer or None when unparseable, raw replies)."""
     lo, hi = cfg.scale
@@ -55,7 +59,7 @@ def score(cfg, prompts: list[dict], outputs: list[str]) -> tuple[list[float | No
             answer=o,
             lo=lo,
             hi=hi,
-            reference=f"Reference answer: {p['reference']}\n" if p.get("reference") and cfg.show_reference else "",
+            reference=_reference(cfg, p),
         )
         for p, o in zip(prompts, outputs, strict=True)
     ]
@@ -71,7 +75,7 @@ def verdicts(cfg, prompts: list[dict], a: list[str], b: list[str]) -> list[str |
             prompt=p["prompt"],
             a=x,
             b=y,
-            reference=f"Reference answer: {p['reference']}\n" if p.get("reference") and cfg.show_reference else "",
+            reference=_reference(cfg, p),
         )
         for p, x, y in zip(prompts, a, b, strict=True)
     ]
