@@ -28,17 +28,55 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
-def spec_dict(model: str, steps: int, folder: Path, batch: int = 8, max_length: int = 128, eval_steps: int | None = None) -> dict:
+# Random-weight models with real architectures, for hardware where no pretrained weights are at hand
+# (throughput does not depend on the weights' values). Tokenizer: SmolLM2's.
+CONFIGS = {
+    "smollm2-135m": None,  # SmolLM2-135M-Instruct's own config.json
+    "0.7b": {"hidden_size": 1536, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 12,
+             "num_key_value_heads": 4, "head_dim": 128},
+}
+
+
+def model_ref(model: str) -> str:
+    """`random:<name>` -> a cached folder of random weights; anything else is an afina model.ref."""
+    if not model.startswith("random:"):
+        return model
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from afina import models
+
+    name = model.removeprefix("random:")
+    target = models.cache_dir() / "models" / f"random-{name}"
+    if (target / "config.json").is_file():
+        return str(target)
+    # SmolLM2's config and tokenizer; AFINA_BENCH_BASE names a folder with just those files
+    # (config.json, tokenizer*) where the embedded weights are not installed.
+    base = Path(os.environ.get("AFINA_BENCH_BASE") or models.resolve("smollm2-135m"))
+    cfg = json.loads((base / "config.json").read_text())
+    cfg.update(CONFIGS[name] or {})
+    config = AutoConfig.for_model(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}, model_type=cfg["model_type"])
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    m.save_pretrained(target)
+    AutoTokenizer.from_pretrained(base).save_pretrained(target)
+    return str(target)
+
+
+def spec_dict(model: str, steps: int, folder: Path, batch: int = 8, max_length: int = 128, eval_steps: int | None = None,
+              method: str = "lora", train: dict | None = None) -> dict:
     """Quickstart-shaped: the tienda slices, LoRA r=8 all-linear, batch 8, max_length 128."""
     return {
         "name": "bench",
-        "model": {"ref": model, "method": "lora"},
+        "model": {"ref": model_ref(model), "method": method},
         "data": {"slices": {n: {"path": str(TIENDA / f"{n}.jsonl")} for n in ("faq", "productos", "poesia")},
                  "eval": {"path": str(TIENDA / "eval.jsonl"), "max_rows": 12}},
         "train": {"max_steps": steps, "per_device_train_batch_size": batch, "max_length": max_length,
                   "eval_steps": eval_steps or max(1, steps // 2), "per_device_eval_batch_size": 12,
-                  "lr_scheduler_type": "constant", "warmup_steps": 0, "seed": 0},
-        "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0},
+                  "lr_scheduler_type": "constant", "warmup_steps": 0, "seed": 0, **(train or {})},
+        **({"lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}} if method == "lora" else {}),
         "search": {"n_trials": 100, "seed": 0, "sampler": "random", "pruner": "median",
                    "pruner_args": {"n_startup_trials": 0, "n_warmup_steps": 0},
                    "space": {"train.learning_rate": {"float": [1e-4, 2e-3], "log": True}}},
@@ -69,6 +107,9 @@ class Bench:
         exp = tracking.experiment(c, "bench", self.spec.tracking.artifact_root, self.spec.tracking.mlflow_uri)
         parent = tracking.parent_run(c, exp, self.study, self.spec, str(path))
         self.ctx = {"client": c, "experiment_id": exp, "parent_id": parent, "model_dir": self.model_dir, "prompts": []}
+        cfg = __import__("json").loads((Path(self.model_dir) / "config.json").read_text())
+        self.params = _param_count(cfg)
+
 
     def afina(self, lr: float = 1e-3, reuse: bool = True, prompts: list | None = None) -> dict:
         """One afina trial with fixed params; returns wall time and what the trial logged."""
@@ -77,43 +118,52 @@ class Bench:
         self.study.enqueue_trial({"train.learning_rate": lr})
         t = self.study.ask()
         ctx = {**self.ctx, "reuse": reuse, "prompts": prompts or []}
+        _reset_gpu_peak()
         t0 = time.perf_counter()
         value = trial.run(self.spec, self.prepared, t, ctx)
         wall = time.perf_counter() - t0
         self.study.tell(t, value)
         m = self.ctx["client"].get_run(t.user_attrs["mlflow_run_id"]).data.metrics
         return {"wall_s": wall, "eval_loss": m["best_eval_loss"], "train_s": m["train_runtime"], "tokens": m["train_tokens"],
-                "tokens_per_s": m["train_tokens"] / m["train_runtime"]}
+                "tokens_per_s": m["train_tokens"] / m["train_runtime"], **_gpu_figures(self.params, m["train_tokens"] / m["train_runtime"], self.spec.model.method)}
 
-    def bare(self, lr: float = 1e-3) -> dict:
-        """The hand-written TRL script: from_pretrained, raw chat rows, SFTTrainer(...).train()."""
+    def bare(self, lr: float = 1e-3, same_defaults: bool = True) -> dict:
+        """The hand-written TRL script: from_pretrained, raw chat rows, SFTTrainer(...).train().
+
+        same_defaults: the same device settings as afina (bf16/fp32, checkpointing, optimizer), so
+        the difference is afina's own overhead; False: TRL's defaults, as a script would have them.
+        """
         import torch
         from peft import LoraConfig
         from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
         from trl import SFTConfig, SFTTrainer
 
-        from afina import data, space
+        from afina import data, space, trial
 
+        _reset_gpu_peak()
         t0 = time.perf_counter()
         train_kw, lora_kw, choices = space.apply(self.spec, {"train.learning_rate": lr})
         rows, _ = data.mix(self.prepared, choices, self.spec.data.seed)
         every = train_kw.pop("eval_steps")
+        train_kw.pop("padding_free", None)  # the plain script pads (TRL's own padding-free needs pre-cut rows)
         tok = AutoTokenizer.from_pretrained(self.model_dir)
         model = AutoModelForCausalLM.from_pretrained(self.model_dir)
         out_dir = tempfile.mkdtemp(dir=self.folder)
         args = SFTConfig(output_dir=out_dir, report_to="none", eval_strategy="steps", eval_steps=every, save_strategy="steps",
                          save_steps=every, load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
-                         save_total_limit=1, disable_tqdm=True, include_num_input_tokens_seen="all", logging_steps=1,
-                         **({} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False}), **train_kw)
+                         save_total_limit=1, disable_tqdm=True, include_num_input_tokens_seen="non_padding", logging_steps=1,
+                         **(trial.device_defaults() if same_defaults else {} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False}),
+                         **train_kw)
         trainer = SFTTrainer(model=model, args=args, train_dataset=data.to_dataset(rows), eval_dataset=data.to_dataset(self.prepared.eval),
-                             processing_class=tok, peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **lora_kw))
+                             processing_class=tok, peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **lora_kw) if self.spec.model.method == "lora" else None)
         trainer.remove_callback(PrinterCallback)  # afina prints nothing per step either
         out = trainer.train()
         trainer.save_model(out_dir + "/best")
         wall = time.perf_counter() - t0
         tokens = float(trainer.state.num_input_tokens_seen)
         runtime = out.metrics["train_runtime"]
-        return {"wall_s": wall, "eval_loss": trainer.state.best_metric, "train_s": runtime, "tokens": tokens, "tokens_per_s": tokens / runtime}
+        return {"wall_s": wall, "eval_loss": trainer.state.best_metric, "train_s": runtime, "tokens": tokens, "tokens_per_s": tokens / runtime,
+                **_gpu_figures(self.params, tokens / runtime, self.spec.model.method)}
 
 
 def interleave(pairs: int, a, b, warmup: bool = True) -> tuple[list[dict], list[dict]]:
@@ -133,3 +183,36 @@ def median_ratio(ra: list[dict], rb: list[dict], key: str) -> float:
 
 def med(rs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rs)
+
+
+def _param_count(cfg: dict) -> int:
+    """Parameters of a llama-shaped config (embedding counted once when tied), for MFU."""
+    h, i, n, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    d = cfg.get("head_dim") or h // heads
+    layer = h * d * heads * 2 + h * d * kv * 2 + 3 * h * i + 2 * h
+    return n * layer + v * h * (1 if cfg.get("tie_word_embeddings", True) else 2) + h
+
+
+PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense bf16 tensor-core FLOP/s, SXM datasheets
+
+
+def _reset_gpu_peak() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _gpu_figures(params: int, tokens_per_s: float, method: str) -> dict:
+    """Peak GPU memory, and MFU = k*N*tokens/s / peak (k=6 full; 4 for LoRA: no weight gradients for the frozen base)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    name = torch.cuda.get_device_name(0)
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    k = 6 if method == "full" else 4
+    return {"gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30, "params": params,
+            "mfu": k * params * tokens_per_s / peak if peak else None}

@@ -27,8 +27,8 @@ import common  # noqa: E402  (sets the offline environment before afina imports 
 
 
 def overhead(a) -> dict:
-    b = common.Bench(a.model, a.steps)
-    ra, rb = common.interleave(a.repeats, lambda: b.afina(), lambda: b.bare(), warmup=not a.quick)
+    b = common.Bench(a.model, a.steps, **a.shape)
+    ra, rb = common.interleave(a.repeats, lambda: b.afina(a.lr), lambda: b.bare(a.lr), warmup=not a.quick)
     return {"afina_tokens_per_s": common.med(ra, "tokens_per_s"), "bare_tokens_per_s": common.med(rb, "tokens_per_s"),
             "ratio_tokens_per_s": common.median_ratio(ra, rb, "tokens_per_s"),
             "ratio_trial_wall": common.median_ratio(ra, rb, "wall_s"),
@@ -39,7 +39,7 @@ def fixed(a) -> dict:
     """Per-trial cost outside training: wall - train() - sample generation; with reuse vs a fresh load."""
     from afina import data, models, trial
 
-    b = common.Bench(a.model, a.steps)
+    b = common.Bench(a.model, a.steps, **a.shape)
     prompts = [{"prompt": "¿Cuánto tarda el envío?", "reference": None}]
     gen: list[float] = []
     orig = trial._samples
@@ -77,7 +77,7 @@ def logging_cost(a) -> dict:
     """Per-step curves to MLflow (batched, asynchronous) vs none; final results are logged by both."""
     from afina import trial
 
-    b = common.Bench(a.model, a.steps)
+    b = common.Bench(a.model, a.steps, **a.shape)
     real = trial._Watch.flush
 
     def without():
@@ -157,7 +157,7 @@ def memory(a) -> dict:
 
     import psutil
 
-    b = common.Bench(a.model, a.steps)
+    b = common.Bench(a.model, a.steps, **a.shape)
     proc = psutil.Process()
     rss = []
     for _ in range(a.trials):
@@ -176,20 +176,25 @@ def _peak_rss_mib() -> float:
 
 
 def defaults(a) -> dict:
-    """Afina's device defaults vs plain TRL defaults: eval loss must stay within 1%.
+    """Afina's device defaults vs TRL's defaults (as a hand-written script has them), same data and batch.
 
-    On a GPU this also compares tokens/s (bf16, Liger, fused AdamW, padding-free with FlashAttention).
-    On CPU the defaults are TRL's own but fp32, and the token cache replaces TRL's tokenization,
-    so this checks that the cached, pre-tokenized path trains to the same loss.
+    Both sides count non-padding tokens. afina: no gradient checkpointing, and on a GPU bf16, TF32,
+    fused AdamW, Liger's layer kernels (when installed), padding-free with FlashAttention-2 (when
+    installed). TRL: gradient checkpointing on, bf16 on a GPU. Eval loss must stay within 1%.
     """
-    b = common.Bench(a.model, a.steps)
-    ra, rb = common.interleave(a.repeats, lambda: b.afina(), lambda: b.bare(), warmup=False)
+    b = common.Bench(a.model, a.steps, **{"eval_steps": a.steps, **a.shape})
+    ra, rb = common.interleave(a.repeats, lambda: b.afina(a.lr), lambda: b.bare(a.lr, same_defaults=False), warmup=not a.quick)
     rel = abs(ra[-1]["eval_loss"] - rb[-1]["eval_loss"]) / rb[-1]["eval_loss"]
     from afina import trial
 
-    return {"device_defaults": trial.device_defaults(), "attention": trial.attention(),
-            "eval_loss_afina": ra[-1]["eval_loss"], "eval_loss_plain": rb[-1]["eval_loss"], "relative_diff": rel,
-            "ratio_tokens_per_s": common.median_ratio(ra, rb, "tokens_per_s")}
+    out = {"device_defaults": trial.device_defaults(), "attention": trial.attention(), "shape": a.shape, "steps": a.steps,
+           "eval_loss_afina": ra[-1]["eval_loss"], "eval_loss_trl_defaults": rb[-1]["eval_loss"], "relative_diff": rel,
+           "afina_tokens_per_s": common.med(ra, "tokens_per_s"), "trl_defaults_tokens_per_s": common.med(rb, "tokens_per_s"),
+           "ratio_tokens_per_s": common.median_ratio(ra, rb, "tokens_per_s")}
+    for key in ("gpu_peak_gib", "mfu", "params"):
+        if key in ra[-1]:
+            out[f"afina_{key}"], out[f"trl_defaults_{key}"] = common.med(ra, key), common.med(rb, key)
+    return out
 
 
 COMMANDS = {"overhead": overhead, "fixed": fixed, "logging": logging_cost, "search": search, "cli": cli,
@@ -199,7 +204,13 @@ COMMANDS = {"overhead": overhead, "fixed": fixed, "logging": logging_cost, "sear
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=[*COMMANDS, "all"])
-    p.add_argument("--model", default="tiny-random", help="tiny-random or smollm2-135m (embedded, offline)")
+    p.add_argument("--model", default="tiny-random",
+                   help="tiny-random, smollm2-135m (embedded, offline), a model folder, or random:smollm2-135m / random:0.7b")
+    p.add_argument("--method", choices=["lora", "full"], default="lora")
+    p.add_argument("--batch", type=int, default=8, help="per-device train batch (overhead, defaults)")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--padding-free", action="store_true", help="afina side: train.padding_free (varlen/packed-mask attention)")
     p.add_argument("--steps", type=int, default=None, help="training steps per trial")
     p.add_argument("--repeats", type=int, default=None, help="interleaved A/B pairs (or CLI runs)")
     p.add_argument("--trials", type=int, default=None, help="trials (memory, search) or study size (cli)")
@@ -215,7 +226,9 @@ def main(argv=None) -> dict:
         if name == "cli" and not a.quick:
             sizes["repeats"] = 10
         ns = argparse.Namespace(**{k: getattr(a, k) if getattr(a, k) is not None else v for k, v in sizes.items()},
-                                model=a.model, quick=a.quick)
+                                model=a.model, quick=a.quick, lr=a.lr,
+                                shape={"method": a.method, "batch": a.batch, "max_length": a.max_length,
+                                       "train": {"padding_free": True} if a.padding_free else {}})
         t0 = time.perf_counter()
         results[name] = COMMANDS[name](ns)
         results[name]["bench_s"] = time.perf_counter() - t0

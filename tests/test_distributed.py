@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import optuna
 import torch.multiprocessing as mp
 
@@ -61,3 +63,35 @@ def test_single_process_is_a_no_op():
     params = distributed.suggest(trial, {"train.learning_rate": Dim(float=(1e-4, 1e-2))})
     assert params == trial.params and distributed.rank() == 0 and distributed.share("x") == "x"
     assert distributed.should_prune(trial, 1.0, 1) is False
+
+
+def test_sweep_under_torchrun_trains_every_trial_on_both_ranks(project):
+    """`torchrun --nproc-per-node 2 -m afina sweep`: one study, one MLflow run per trial, trained by both ranks."""
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from conftest import tiny_spec, write_spec
+    from stores import free_port
+
+    spec = tiny_spec(search={"n_trials": 3, "pruner": "median", "pruner_args": {"n_startup_trials": 1, "n_warmup_steps": 0}},
+                     train={"max_steps": 4, "eval_steps": 1})
+    path = write_spec(project, spec)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "afina", "sweep", str(path), "--no-progress"]
+    out = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///mlruns/optuna.db")
+    trials = study.get_trials()
+    assert len(trials) == 3 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    assert sum(t.state.name == "COMPLETE" for t in trials) >= 1
+    c = MlflowClient("sqlite:///mlruns/mlflow.db")
+    exp = c.get_experiment_by_name("tiny")
+    children = c.search_runs([exp.experiment_id], "tags.`afina.role` = 'trial'")
+    assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs["mlflow_run_id"] for t in trials)  # rank 1 logged nothing
+    assert all(r.data.params["world_size"] == "2" for r in children)  # both ranks trained every trial
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    baseline = c.search_runs([exp.experiment_id], "tags.`afina.role` = 'baseline'")
+    assert len(baseline) == 1 and baseline[0].data.metrics["eval_loss"] > 0  # evaluated on both ranks' shards

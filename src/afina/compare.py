@@ -15,7 +15,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from afina import metrics, models, report, tracking
+from afina import distributed, metrics, models, report, tracking
 from afina.errors import UserError
 
 
@@ -41,8 +41,8 @@ def baseline(spec, prepared, ctx: dict, study, console=None) -> dict | None:
         },
     ).info.run_id
     try:
-        tok = models.load_tokenizer(ctx["model_dir"], spec.model.trust_remote_code)
-        model = models.load_model(ctx["model_dir"], spec.model.trust_remote_code)
+        tok, model = _base(spec, ctx["model_dir"])
+        distributed.share({"kind": "baseline"})  # under torchrun the other ranks evaluate their shards with us
         results = {"eval_loss": _eval_loss(spec, model, tok, prepared)}
         prompts = ctx["prompts"]
         if prompts:
@@ -81,8 +81,20 @@ def baseline(spec, prepared, ctx: dict, study, console=None) -> dict | None:
     return results
 
 
+def eval_loss_of_base(spec, prepared, model_dir) -> float:
+    """The same eval loss the trials report, measured with SFTTrainer before any training (on every rank)."""
+    tok, model = _base(spec, model_dir)
+    return _eval_loss(spec, model, tok, prepared)
+
+
+def _base(spec, model_dir):
+    """A copy of the worker's base model, loaded as the trials load it (so they reuse it)."""
+    from afina.trial import attention
+
+    return models.fresh(model_dir, spec.model.trust_remote_code, attention())
+
+
 def _eval_loss(spec, model, tok, prepared) -> float:
-    """The same eval loss the trials report, measured with SFTTrainer before any training."""
     from transformers import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
 

@@ -1,13 +1,39 @@
 """Multi-GPU trials: under `accelerate launch` or torchrun every rank trains, rank 0 owns the Optuna trial.
 
-Only rank 0 talks to Optuna and MLflow. It draws the trial's params and decides pruning; the other
-ranks receive both through `torch.distributed` (`broadcast_object_list`), so all ranks train the same
-configuration and stop at the same step. Outside a process group every function is a no-op.
+Only rank 0 talks to Optuna and MLflow. It draws the trial's params and decides pruning and
+stopping; the other ranks receive them through `torch.distributed` (`broadcast_object_list`), so all
+ranks train the same configuration and stop at the same step. Outside a process group every
+function is a no-op.
+
+The conversation, from rank 0 to the others: one message per trial ({"kind": "trial", ...}) or per
+baseline evaluation ({"kind": "baseline"}), and None when the sweep ends.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
+
+
+def init() -> None:
+    """Join the launcher's process group before the first message (Trainer would only join at its first trial)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        from accelerate import PartialState
+
+        PartialState()  # NCCL on GPUs, gloo on CPU; the same state Trainer reuses
+
+
+def barrier() -> None:
+    if active():
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def active() -> bool:
@@ -48,3 +74,28 @@ def should_prune(trial, value: float | None = None, step: int | None = None) -> 
             trial.report(value, step)
         decision = trial.should_prune()
     return bool(share(decision))
+
+
+@dataclass
+class Remote:
+    """A follower rank's view of rank 0's trial: its number and params; reports and attributes stay on rank 0."""
+
+    number: int
+    params: dict[str, Any]
+    study_name: str
+    directions: list[str]
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def study(self):
+        return SimpleNamespace(study_name=self.study_name, directions=self.directions)
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.user_attrs[key] = value
+
+
+def announce(trial, params: dict, resume) -> None:
+    """Rank 0: tell the other ranks to train this trial."""
+    if active():
+        share({"kind": "trial", "number": trial.number, "params": params, "resume": str(resume) if resume else None,
+               "study": trial.study.study_name, "directions": [d.name for d in trial.study.directions]})

@@ -61,9 +61,18 @@ def _gguf_dir() -> Path:
 
 def _build(name: str, target: Path) -> None:
     """Write the embedded model into `target` atomically (a half-built cache is never visible)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import fcntl
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # processes starting together (torchrun ranks, workers) build it once
+        if not (target / "config.json").is_file():
+            _build_into(name, target)
+
+
+def _build_into(name: str, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
         if name == "smollm2-135m":
@@ -77,8 +86,8 @@ def _build(name: str, target: Path) -> None:
             model = _tiny_random(tok)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if target.exists():  # another process won the race
-            return
+        if target.exists():  # a leftover without config.json: replace it
+            shutil.rmtree(target)
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

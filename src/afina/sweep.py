@@ -11,7 +11,7 @@ import math
 import time
 from typing import Any
 
-from afina import check, data, metrics, models, resilience, tracking
+from afina import check, data, distributed, metrics, models, resilience, tracking
 from afina.errors import UserError
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -127,7 +127,13 @@ def run(spec, spec_path: str, console, progress: bool = True):
     from afina import compare, report, status, trial
 
     _quiet()
+    distributed.init()  # under torchrun/accelerate: every rank trains, rank 0 alone keeps the books
+    if distributed.rank() == 0:
+        models.resolve(spec.model.ref)  # in a process group transformers writes files from rank 0 only
+    distributed.barrier()
     prepared, model_dir, prompts = validate(spec)
+    if distributed.rank() > 0:
+        return _follow(spec, prepared, model_dir)
     if prepared.report.warnings:
         check.render(prepared.report, console, per_kind=3, table=False)
     study = open_study(spec, create=True)
@@ -184,6 +190,7 @@ def run(spec, spec_path: str, console, progress: bool = True):
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        distributed.share(None)  # the other ranks' sweep ends with this one
         restore()
         c.set_terminated(parent_id, status="KILLED" if interrupted else "FINISHED")
         c.settle()
@@ -198,6 +205,24 @@ def run(spec, spec_path: str, console, progress: bool = True):
         raise KeyboardInterrupt
     console.print(f"Open the runs: [bold]{ui}[/] (then http://127.0.0.1:5000)")
     return study
+
+
+def _follow(spec, prepared, model_dir) -> None:
+    """Ranks > 0: train what rank 0 hands out, in step with it, until it says the sweep is over."""
+    from afina import compare, trial
+
+    restore = resilience.install_stop()  # Ctrl-C reaches every rank; rank 0 decides when all of them stop
+    try:
+        while (msg := distributed.share(None)) is not None:
+            try:
+                if msg["kind"] == "baseline":
+                    compare.eval_loss_of_base(spec, prepared, model_dir)
+                else:
+                    trial.follow(spec, prepared, msg, model_dir)
+            except (Exception, KeyboardInterrupt):  # pruned, failed or stopped: rank 0 records why
+                pass
+    finally:
+        restore()
 
 
 def _work(study, objective, after, spec) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from afina import data, generate, metrics, models, resilience, space, tracking
+from afina import data, distributed, generate, metrics, models, resilience, space, tracking
 from afina.errors import UserError
 
 
@@ -51,6 +51,7 @@ def run(spec, prepared: data.Prepared, trial, ctx: dict[str, Any], on_step: Call
         c.set_tag(run_id, f"{tracking.TAG}data_fingerprint", data_print)
         if not rows:
             raise optuna.TrialPruned("every slice is excluded by this trial's choices; nothing to train on")
+        distributed.announce(trial, params, resume)  # under torchrun the other ranks train it with us
         values = _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir, on_step, resume)
     except optuna.TrialPruned as e:
         trial.set_user_attr("prune_reason", str(e) or "pruned")
@@ -74,6 +75,16 @@ def run(spec, prepared: data.Prepared, trial, ctx: dict[str, Any], on_step: Call
     return values[0] if len(values) == 1 else values
 
 
+def follow(spec, prepared: data.Prepared, msg: dict, model_dir) -> None:
+    """A rank > 0 under torchrun: train rank 0's trial in step with it; rank 0 logs and scores."""
+    remote = distributed.Remote(msg["number"], msg["params"], msg["study"], msg["directions"])
+    train_kw, lora_kw, choices = space.apply(spec, msg["params"])
+    rows, _ = data.mix(prepared, choices, spec.data.seed)
+    workdir = Path(spec.tracking.checkpoint_dir) / msg["study"] / f"trial-{msg['number']}"  # the same folder as rank 0
+    ctx = {"client": None, "model_dir": model_dir, "prompts": []}
+    _train(spec, prepared, rows, train_kw, lora_kw, remote, ctx, None, workdir, None, Path(msg["resume"]) if msg["resume"] else None)
+
+
 def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir: Path, on_step, resume: Path | None = None) -> list[float]:
     from transformers import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
@@ -92,7 +103,7 @@ def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir:
         eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every,
         load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
         save_total_limit=1, logging_nan_inf_filter=False, disable_tqdm=True,
-        include_num_input_tokens_seen="all", **{**device_defaults(), "logging_steps": 1, **train_kw},
+        include_num_input_tokens_seen="non_padding", **{**device_defaults(), "logging_steps": 1, **train_kw},
     )
     peft_config = None
     if spec.model.method == "lora":
@@ -105,10 +116,15 @@ def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir:
                          peft_config=peft_config, callbacks=[watch])
     for cb in (PrinterCallback, ProgressCallback):  # the rich display and MLflow are the outputs
         trainer.remove_callback(cb)
+    if c is not None:
+        tracking.log_params(c, run_id, {"world_size": args.world_size})  # ranks training this trial together
     out = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     best = trainer.state.best_metric if trainer.state.best_metric is not None else watch.last_eval
     if best is None:
-        best = trainer.evaluate()["eval_loss"]
+        best = trainer.evaluate()["eval_loss"]  # on every rank: evaluation is a collective under torchrun
+    distributed.barrier()  # every rank has loaded the best weights before rank 0 removes the scratch folder
+    if c is None:
+        return []  # a follower rank: rank 0 keeps the books
     results = {"eval_loss": best, "train_loss": out.training_loss, "train_runtime": out.metrics.get("train_runtime", 0.0),
                "train_tokens": float(trainer.state.num_input_tokens_seen)}
     tracking.log_metrics(c, run_id, {f"best_{k}" if k == "eval_loss" else k: v for k, v in results.items()}, trainer.state.global_step, synchronous=True)
@@ -134,17 +150,22 @@ def _datasets(prepared, rows, tok, args, ctx, attn, train_kw):
     if table is None:
         return data.to_dataset(rows), data.to_dataset(prepared.eval)
     if attn == "flash_attention_2" and not args.packing and "padding_free" not in train_kw:
-        # Rows are already cut to max_length and varlen attention keeps them apart: padding-free is exact.
-        args.padding_free, args.max_length = True, None
+        args.padding_free = True  # varlen attention keeps the flattened rows apart: exact, and no padding
+    if args.padding_free and not args.packing:
+        args.max_length = None  # the cached rows are already cut to max_length (TRL refuses it otherwise)
     return data.to_tokenized_dataset(rows, table), data.to_tokenized_dataset(prepared.eval, table)
 
 
 def device_defaults() -> dict[str, Any]:
     """Fastest correct SFTConfig settings for this machine; the spec's train section overrides them.
 
+    Everywhere: no gradient checkpointing. TRL turns it on by default, which recomputes every
+    forward pass (about a third more compute) to save activation memory that fine-tuning a small
+    model does not need; a spec that runs out of memory sets `train.gradient_checkpointing: true`.
     GPU: bf16 where supported (else fp32: fp16 needs loss scaling that can fail silently), TF32
-    matmuls on Ampere+, fused AdamW, Liger kernels when installed. CPU: fp32 (TRL would otherwise
-    ask for bf16 and refuse the CPU), fused AdamW is already the torch>=2.8 default.
+    matmuls on Ampere+, fused AdamW, Liger's layer kernels when `liger-kernel` is installed
+    (`pip install afina[gpu]`). CPU: fp32 (TRL would otherwise ask for bf16 and refuse the CPU);
+    fused AdamW is already the torch>=2.8 default there.
     """
     import importlib.util
 
@@ -152,11 +173,11 @@ def device_defaults() -> dict[str, Any]:
 
     if torch.cuda.is_available():
         out = {"bf16": torch.cuda.is_bf16_supported(), "fp16": False, "optim": "adamw_torch_fused",
-               "tf32": torch.cuda.get_device_capability()[0] >= 8}
+               "tf32": torch.cuda.get_device_capability()[0] >= 8, "gradient_checkpointing": False}
         if importlib.util.find_spec("liger_kernel") is not None:
             out["use_liger_kernel"] = True
         return out
-    return {"bf16": False, "fp16": False, "use_cpu": True}
+    return {"bf16": False, "fp16": False, "use_cpu": True, "gradient_checkpointing": False}
 
 
 def attention() -> str | None:
@@ -206,6 +227,8 @@ class _Watch(TrainerCallback):
 
     def __init__(self, client, run_id, trial, total, on_step):
         self.c, self.run_id, self.trial, self.total, self.on_step = client, run_id, trial, total, on_step
+        self.lead = client is not None  # False on follower ranks: no logging, decisions come from rank 0
+        self.stop = False
         self.last_eval: float | None = None
         self.t0, self.tokens0 = time.perf_counter(), 0
         self.pending: list[tuple[int, int, dict]] = []  # per-step curves, written in batches (one write per ~2 s)
@@ -227,7 +250,7 @@ class _Watch(TrainerCallback):
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
+        if self.pending and self.lead:
             tracking.log_steps(self.c, self.run_id, self.pending)  # asynchronous: training does not wait
         self.pending, self.flushed = [], time.perf_counter()
 
@@ -235,13 +258,14 @@ class _Watch(TrainerCallback):
         self.flush()
 
     def on_step_end(self, args, state, control, **kw):
-        if resilience.STOP.is_set():
+        self.stop = distributed.share(resilience.STOP.is_set())  # rank 0 decides, so all ranks save the same step
+        if self.stop:
             control.should_save = True  # Ctrl-C/SIGTERM: checkpoint now, then on_save stops the trial
         if self.on_step:
             self.on_step(state.global_step, self.total)
 
     def on_save(self, args, state, control, **kw):
-        if resilience.STOP.is_set():  # raised here, so Trainer's end-of-training cleanup keeps this checkpoint
+        if self.stop:  # raised here, so Trainer's end-of-training cleanup keeps this checkpoint
             raise KeyboardInterrupt(f"stopped at step {state.global_step} after saving a checkpoint; `afina sweep` resumes it")
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
@@ -256,7 +280,10 @@ class _Watch(TrainerCallback):
         if len(self.trial.study.directions) > 1:
             return  # Optuna cannot prune multi-objective trials
         # The pruner compares in the study's direction; eval loss is the proxy, so flip it for maximize.
-        sign = 1.0 if self.trial.study.direction.name == "MINIMIZE" else -1.0
-        self.trial.report(sign * value, state.global_step)
-        if self.trial.should_prune():
+        sign = 1.0 if _name(self.trial.study.directions[0]) == "MINIMIZE" else -1.0
+        if distributed.should_prune(self.trial if self.lead else None, sign * value, state.global_step):
             raise optuna.TrialPruned(f"pruned at step {state.global_step}: eval_loss {value:.4f} is worse than its peers")
+
+
+def _name(direction) -> str:
+    return getattr(direction, "name", direction)  # an Optuna StudyDirection, or its name on follower ranks
