@@ -289,3 +289,73 @@ def test_server_bad_input(args, match, project, cli, monkeypatch):
     code, out, err = cli("server", *args, "--artifacts-destination", str(project / "arts"))
     assert code == 2 and re.search(match, err) and len(err.strip().splitlines()) == 1, err
     assert "hunter2-pw" not in out + err and not (project / "arts").exists()
+
+
+def test_disk_full_mid_trial_fails_that_trial_only(project, cli, tmpfs):
+    """Room to start (over 1 MiB) but not for the first checkpoint: the trial fails with ENOSPC, the sweep goes on."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    tok = AutoTokenizer.from_pretrained(models.resolve("tiny-random"))
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    big = project / "big"
+    AutoModelForCausalLM.from_config(config).save_pretrained(big)  # about 8 MB: its full checkpoint cannot fit in 2 MB
+    tok.save_pretrained(big)
+    full = tmpfs("full", "size=2m")
+    path = write_spec(project, tiny_spec(model={"ref": str(big), "method": "full"}, search={"n_trials": 2},
+                                         tracking={"checkpoint_dir": str(full / "ck")}, samples={"prompts": []}))
+    code, out, err = cli("sweep", path, "--no-progress")
+    assert code == 0, err
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///mlruns/optuna.db")
+    trials = study.get_trials()
+    assert len(trials) == 2 and all(t.state.name == "FAIL" for t in trials)
+    assert all("No space left on device" in t.user_attrs["fail_reason"] for t in trials), [t.user_attrs for t in trials]
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")
+    for t in trials:
+        run = c.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FAILED" and "No space left" in run.data.tags["afina.reason"]
+    assert not list((full / "ck").rglob("*.safetensors"))  # the failed trials' scratch is cleaned up
+
+
+@pytest.fixture(scope="module")
+def password_pg():
+    """A private PostgreSQL cluster that checks passwords (the shared one trusts everyone); needs root to start."""
+    import os
+    import tempfile
+
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if os.geteuid() != 0 or not bins or not shutil.which("runuser"):
+        pytest.skip("needs root and PostgreSQL's server binaries to start a cluster with password auth")
+    bin_dir = bins[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="afina-pgauth-"))
+    root.chmod(0o755)
+    (root / "pw").write_text("right-pw-4f2a\n")
+    shutil.chown(root, "postgres")
+    shutil.chown(root / "pw", "postgres")
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*as_pg, str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=scram-sha-256",
+                    f"--pwfile={root / 'pw'}"], check=True, capture_output=True)
+    subprocess.run([*as_pg, str(bin_dir / "pg_ctl"), "-D", str(root / "data"), "-w", "-l", str(root / "log"), "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    yield f"postgresql://postgres:{{}}@127.0.0.1:{port}/postgres"
+    subprocess.run([*as_pg, str(bin_dir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("where", ["optuna_storage", "mlflow_uri"])
+def test_wrong_password_is_one_line_and_writes_nothing(where, password_pg, project, cli):
+    from afina import resilience
+
+    resilience.probe_sql(password_pg.format("right-pw-4f2a"), where)  # the right password gets in
+    path = write_spec(project, tiny_spec(tracking={where: password_pg.format("wrong-pw-77c1")}))
+    code, out, err = cli("sweep", path, "--no-progress")
+    assert code == 2, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "password authentication failed" in lines[0], err
+    assert "wrong-pw-77c1" not in err + out and "right-pw" not in err + out
+    assert not (project / "mlruns").exists()

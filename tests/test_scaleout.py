@@ -146,7 +146,8 @@ def test_killed_worker_is_retried_from_its_checkpoint(stack, tmp_path):
 
 
 def test_mlflow_outage_mid_trial_is_kept_then_synced(stack, tmp_path, cli, monkeypatch):
-    path = spec_for(tmp_path, "outage", 1, max_steps=30, eval_steps=10)
+    """The server dies during trial 0; trial 1 starts while it is down (an offline run); `afina sync` sends both."""
+    path = spec_for(tmp_path, "outage", 2, max_steps=30, eval_steps=10)
     env = {"AFINA_OPTUNA_STORAGE": stack["storage"], "AFINA_TRACKING_URI": stack["uri"],
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     log = tmp_path / "worker.log"
@@ -163,19 +164,32 @@ def test_mlflow_outage_mid_trial_is_kept_then_synced(stack, tmp_path, cli, monke
     assert worker.wait(timeout=300) == 0, log.read_text()[-3000:]
     out = log.read_text()
     assert "unreachable" in out and "afina sync" in out
+    study = load(stack, "outage")
+    t0, t1 = study.get_trials()
+    assert t0.state.name == t1.state.name == "COMPLETE"  # training never waited for the server
+    assert t0.user_attrs["mlflow_run_id"] == run_id and t1.user_attrs["mlflow_run_id"].startswith("offline-")
     time.sleep(1)
     stack["server"] = start_server(stack["backend"], stack["root"] / "artifacts", stack["port"], stack["log"])
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AFINA_TRACKING_URI", stack["uri"])
+    monkeypatch.setenv("AFINA_OPTUNA_STORAGE", stack["storage"])
     code, text, err = cli("sync", path)
     assert code == 0, err
-    assert "sent" in text
-    run = c.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["afina.state"] == "COMPLETE"
-    assert sorted({m.step for m in c.get_metric_history(run_id, "loss")}) == list(range(1, 31))
-    assert "best_eval_loss" in run.data.metrics
-    assert {a.path for a in c.list_artifacts(run_id)} >= {"checkpoint", "samples.json"}
+    assert "sent" in text and "created 1 runs" in text
+    real = load(stack, "outage").user_attrs["mlflow_run_ids"][t1.user_attrs["mlflow_run_id"]]
+    for rid, number in ((run_id, 0), (real, 1)):
+        run = c.get_run(rid)
+        assert run.info.status == "FINISHED" and run.data.tags["afina.state"] == "COMPLETE"
+        assert run.data.tags["afina.trial"] == str(number) and run.data.tags["mlflow.parentRunId"]
+        assert sorted({m.step for m in c.get_metric_history(rid, "loss")}) == list(range(1, 31))
+        assert "best_eval_loss" in run.data.metrics and run.data.params["world_size"] == "1"
+        assert {a.path for a in c.list_artifacts(rid)} >= {"checkpoint", "samples.json"}
+    from afina import status
+
+    assert [r["run_id"] for r in sorted(status.rows(load(stack, "outage")), key=lambda r: r["number"])] == [run_id, real]
+    _, children = runs(stack, "outage")
+    assert sorted(r.info.run_id for r in children) == sorted([run_id, real])
     _, parents = runs(stack, "outage", "sweep")
     assert parents[0].info.status == "FINISHED"
     assert not list((tmp_path / "fallback").glob("*.jsonl"))

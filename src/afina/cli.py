@@ -206,8 +206,13 @@ def sync(spec: SpecArg, tracking_uri: TrackingOpt = None):
         typer.echo(f"nothing to send: {folder} holds no kept MLflow records")
         return
     resilience.probe_http(s.tracking.mlflow_uri)
-    sent = resilience.replay(folder, tracking.client(s.tracking.mlflow_uri))
-    typer.echo(f"sent {sent} kept MLflow records to {tracking.redact(s.tracking.mlflow_uri)}")
+    sent, ids = resilience.replay(folder, tracking.client(s.tracking.mlflow_uri))
+    if ids:  # runs created offline: the study learns their real ids (status, promote)
+        from afina import sweep as sweep_mod
+
+        sweep_mod.record_run_ids(sweep_mod.open_study(s, create=False), ids)
+    typer.echo(f"sent {sent} kept MLflow records to {tracking.redact(s.tracking.mlflow_uri)}"
+               + (f"; created {len(ids)} runs of trials that started while it was down" if ids else ""))
 
 
 def main() -> None:

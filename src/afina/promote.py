@@ -128,7 +128,7 @@ def promotion_set(spec) -> list[data.Row]:
 
 def run(spec, console, number: int | None = None, force: bool = False, merge: bool = False) -> bool:
     """Returns True when the alias moved (or the candidate already holds it)."""
-    from afina import sweep
+    from afina import resilience, status, sweep
 
     pyfunc.quiet()
     tracking.check_url(spec.tracking.mlflow_uri, "mlflow_uri")
@@ -140,7 +140,9 @@ def run(spec, console, number: int | None = None, force: bool = False, merge: bo
     study = sweep.open_study(spec, create=False)
     trial = select(study, spec, number)
     c = tracking.client(spec.tracking.mlflow_uri)
-    run_id = trial.user_attrs.get("mlflow_run_id")
+    run_id = status.run_id(trial, study)
+    if run_id.startswith(resilience.OFFLINE):
+        raise UserError(f"trial {trial.number}'s MLflow records are still kept locally (the server was down); run `afina sync` first")
     try:
         source = c.get_run(run_id) if run_id else None
     except Exception:

@@ -7,6 +7,12 @@ import math
 ORDER = {"COMPLETE": 0, "RUNNING": 1, "PRUNED": 2, "FAIL": 3, "WAITING": 4}
 
 
+def run_id(trial, study) -> str:
+    """The trial's MLflow run: an offline id (the server was down when it started) maps to the real run once sent."""
+    rid = trial.user_attrs.get("mlflow_run_id", "")
+    return study.user_attrs.get("mlflow_run_ids", {}).get(rid, rid)
+
+
 def rows(study) -> list[dict]:
     """One dict per trial, best first: completed by objective, then running, pruned, failed."""
     sign = [1 if d.name == "MINIMIZE" else -1 for d in study.directions]
@@ -16,7 +22,7 @@ def rows(study) -> list[dict]:
         values = list(t.values) if t.values else []
         key = [s * v for s, v in zip(sign, values, strict=True)] if values and all(math.isfinite(v) for v in values) else [math.inf]
         out.append({"number": t.number, "state": t.state.name, "values": values, "params": t.params, "duration": duration,
-                    "run_id": t.user_attrs.get("mlflow_run_id", ""), "reason": t.user_attrs.get("fail_reason", ""), "_key": key})
+                    "run_id": run_id(t, study), "reason": t.user_attrs.get("fail_reason", ""), "_key": key})
     out.sort(key=lambda r: (ORDER.get(r["state"], 9), r["_key"], r["number"]))
     return out
 

@@ -168,6 +168,7 @@ def run(spec, spec_path: str, console, progress: bool = True):
 
     def after(study, frozen) -> None:
         c.flush()  # MLflow records kept during an outage go out once the server answers
+        record_run_ids(study, c.ids)
         if frozen.user_attrs.get("surplus"):
             return
         if frozen.state.name in ("FAIL", "PRUNED"):
@@ -205,6 +206,13 @@ def run(spec, spec_path: str, console, progress: bool = True):
         raise KeyboardInterrupt
     console.print(f"Open the runs: [bold]{ui}[/] (then http://127.0.0.1:5000)")
     return study
+
+
+def record_run_ids(study, ids: dict[str, str]) -> None:
+    """Remember which real MLflow runs the offline ones became (finished trials' attributes are frozen)."""
+    known = study.user_attrs.get("mlflow_run_ids", {})
+    if ids and not ids.items() <= known.items():
+        study.set_user_attr("mlflow_run_ids", {**known, **ids})
 
 
 def _follow(spec, prepared, model_dir) -> None:
@@ -336,4 +344,6 @@ def _log_best(c, parent_id: str, study) -> None:
     if best.value is not None and math.isfinite(best.value):
         tracking.log_metrics(c, parent_id, {"best_value": best.value}, finished(study), synchronous=True)
         c.set_tag(parent_id, f"{tracking.TAG}best_trial", str(best.number))
-        c.set_tag(parent_id, f"{tracking.TAG}best_run_id", best.user_attrs.get("mlflow_run_id", ""))
+        from afina import status
+
+        c.set_tag(parent_id, f"{tracking.TAG}best_run_id", status.run_id(best, study))
