@@ -34,3 +34,42 @@ def test_cli_timings_on_a_study(tmp_path):
 
     out = run.main(["cli", "--quick", "--trials", "20", "--repeats", "1"])["cli"]
     assert out["status_trials"] == 20 and out["help_s_median"] > 0 and out["status_s_median"] > 0
+
+
+def test_defaults_full_fine_tuning_and_padding_free_keep_the_eval_loss(afina_cache):
+    """afina's defaults vs TRL's: same loss; padding-free under SDPA gives the loss of padded batches."""
+    import run
+
+    full = run.main(["defaults", "--quick", "--steps", "2", "--method", "full"])["defaults"]
+    assert full["device_defaults"]["gradient_checkpointing"] is False
+    assert full["relative_diff"] < 1e-6 and full["ratio_tokens_per_s"] > 0
+    free = run.main(["defaults", "--quick", "--steps", "2", "--padding-free"])["defaults"]
+    assert free["shape"]["train"] == {"padding_free": True}
+    assert free["relative_diff"] < 1e-5  # attention never crosses the flattened rows
+
+
+def test_random_weight_architecture_and_its_parameter_count(afina_cache):
+    """The GPU harness's random SmolLM2-135M: real architecture, and MFU's N matches the model's parameters."""
+    import json
+
+    import common
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(common.model_ref("random:smollm2-135m"))
+    assert common.model_ref("random:smollm2-135m") == str(folder)  # built once, then reused
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    real = sum(p.numel() for p in model.parameters())  # tied embeddings are counted once
+    assert common._param_count(json.loads((folder / "config.json").read_text())) == real
+    assert 130e6 < real < 140e6
+    from transformers import AutoConfig
+
+    cfg = {**json.loads((folder / "config.json").read_text()), **common.CONFIGS["0.7b"]}
+    with torch.device("meta"):  # the 0.7B config's parameters, counted without allocating them
+        big = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg))
+    assert common._param_count(cfg) == sum(p.numel() for p in big.parameters()) > 0.5e9
+    import run
+
+    out = run.main(["defaults", "--quick", "--model", "random:smollm2-135m", "--steps", "1",
+                    "--batch", "2", "--max-length", "32"])["defaults"]
+    assert out["relative_diff"] < 1e-6
