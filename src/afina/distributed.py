@@ -12,7 +12,7 @@ baseline evaluation ({"kind": "baseline"}), and None when the sweep ends.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -84,14 +84,13 @@ class Remote:
     params: dict[str, Any]
     study_name: str
     directions: list[str]
-    user_attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def study(self):
         return SimpleNamespace(study_name=self.study_name, directions=self.directions)
 
     def set_user_attr(self, key: str, value: Any) -> None:
-        self.user_attrs[key] = value
+        pass  # rank 0 records the trial's attributes
 
 
 def announce(trial, params: dict, resume) -> None:

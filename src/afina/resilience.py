@@ -206,8 +206,8 @@ def replay(folder: Path, client) -> tuple[int, dict[str, str]]:
                 else:
                     getattr(client, r["op"])(r["run_id"], *r["args"], **r["kw"])
             except Exception:
-                rest = [json.dumps({**json.loads(x), "run_id": ids.get(json.loads(x)["run_id"], json.loads(x)["run_id"])}) for x in lines[i:]]
-                path.write_text("".join(x + "\n" for x in rest), encoding="utf-8")  # keep the rest, in order, with real ids
+                rest = [json.loads(x) for x in lines[i:]]  # keep the rest, in order, under the real ids made so far
+                path.write_text("".join(json.dumps({**x, "run_id": ids.get(x["run_id"], x["run_id"])}) + "\n" for x in rest), encoding="utf-8")
                 claimed.unlink()
                 raise
             if r["op"] == "log_artifacts":
