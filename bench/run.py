@@ -95,7 +95,7 @@ def logging_cost(a) -> dict:
 def search(a) -> dict:
     import search as search_mod
 
-    every = 2 if not a.quick else 4
+    every = a.every or (4 if a.quick else 2)
     res = search_mod.efficiency(seeds=a.seeds, n_trials=a.trials, steps=12, every=every)
     pruned = {k: v for k, v in res.items() if not k.endswith("+none")}
     best = min(pruned, key=lambda k: (res[k]["median_ratio"], res[k]["median_steps"]))
@@ -215,6 +215,7 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=None, help="interleaved A/B pairs (or CLI runs)")
     p.add_argument("--trials", type=int, default=None, help="trials (memory, search) or study size (cli)")
     p.add_argument("--seeds", type=int, default=None, help="search: seeds")
+    p.add_argument("--every", type=int, default=None, help="search: steps between evaluations (of 12; default 2)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the harness")
     p.add_argument("--json", type=Path, help="write the results here")
     a = p.parse_args(argv)
@@ -222,11 +223,11 @@ def main(argv=None) -> dict:
     results = {"machine": common.machine(), "model": a.model, "quick": a.quick}
     for name in names:
         sizes = {"steps": 2 if a.quick else (40 if a.model == "tiny-random" else 8), "repeats": 1 if a.quick else 3,
-                 "trials": {"cli": 200, "search": 30, "memory": 3 if a.quick else 6}.get(name, 4), "seeds": 2 if a.quick else 30}
+                 "trials": {"cli": 200, "search": 30, "memory": 3 if a.quick else 6}.get(name, 4), "seeds": 2 if a.quick else 100}
         if name == "cli" and not a.quick:
             sizes["repeats"] = 10
         ns = argparse.Namespace(**{k: getattr(a, k) if getattr(a, k) is not None else v for k, v in sizes.items()},
-                                model=a.model, quick=a.quick, lr=a.lr,
+                                model=a.model, quick=a.quick, lr=a.lr, every=a.every,
                                 shape={"method": a.method, "batch": a.batch, "max_length": a.max_length,
                                        "train": {"padding_free": True} if a.padding_free else {}})
         t0 = time.perf_counter()

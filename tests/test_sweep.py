@@ -379,3 +379,42 @@ def test_all_slices_excluded_is_pruned(project, cli):
     assert children[0].data.params["rows.train"] == "0"
     assert parent.info.status == "FINISHED"
     assert "trial 0 pruned: every slice is excluded" in out
+
+
+def test_default_pruner_rungs_start_at_the_first_evaluation():
+    """Successive halving judges a trial at its first evaluation even while its peer is still running
+    (Optuna's min_resource="auto" prunes nothing until some trial has finished)."""
+    from afina import sweep, trial
+    from afina.spec import Search
+
+    def second_is_pruned(search: Search, first_eval: int | None) -> bool:
+        study = optuna.create_study(pruner=sweep.pruner(search, first_eval))
+        leader, follower = study.ask(), study.ask()
+        leader.report(1.0, 5)  # still running: nothing has finished yet
+        assert not leader.should_prune()  # afina asks after every evaluation, which enters the trial in the rung
+        follower.report(2.0, 5)
+        return follower.should_prune()
+
+    space = {"train.learning_rate": {"float": [1e-5, 1e-3], "log": True}}
+    assert Search(space=space).pruner == "successive_halving"
+    assert second_is_pruned(Search(space=space), first_eval=5)
+    assert not second_is_pruned(Search(space=space), first_eval=None)  # Optuna's auto
+    assert not second_is_pruned(Search(space=space, pruner_args={"min_resource": "auto"}), first_eval=5)
+    assert not second_is_pruned(Search(space=space, pruner_args={"min_resource": 10}), first_eval=5)  # the user's rung wins
+    assert not second_is_pruned(Search(space=space, pruner="median", pruner_args={"n_startup_trials": 1}), first_eval=5)
+
+    assert trial.eval_every({"max_steps": 10, "eval_steps": 5}, 300) == 5
+    assert trial.eval_every({"max_steps": 10}, 300) == 2
+    assert trial.eval_every({"per_device_train_batch_size": 8, "num_train_epochs": 1}, 100) == 3  # 13 steps
+
+
+def test_default_pruner_stops_a_bad_trial_at_its_first_evaluation(project, cli):
+    spec = tiny_spec(search={"n_trials": 2, "space": {"train.learning_rate": {"float": [1e-8, 1e-2], "log": True}}})
+    del spec["search"]["pruner"]  # afina's default
+    planted(project, [{"train.learning_rate": 5e-3}, {"train.learning_rate": 1e-8}])
+    code, out, err = cli("sweep", write_spec(project, spec), "--no-progress")
+    assert code == 0, err
+    first, second = study(project).get_trials()
+    assert (first.state.name, second.state.name) == ("COMPLETE", "PRUNED"), [(t.state, t.intermediate_values) for t in (first, second)]
+    assert list(first.intermediate_values) == [2, 4] and list(second.intermediate_values) == [2]
+    assert second.user_attrs["prune_reason"].startswith("pruned at step 2")

@@ -40,13 +40,21 @@ def sampler(search):
         raise UserError(f"search.sampler_args: {e}; see Optuna's {kinds[search.sampler].__name__}") from None
 
 
-def pruner(search):
+def pruner(search, first_eval: int | None = None):
+    """The spec's Optuna pruner. Successive halving puts its first rung on the first evaluation
+    (`first_eval` steps) unless pruner_args say otherwise: Optuna's "auto" guesses 1 % of a finished
+    trial's steps, which prunes nothing until a trial finishes and then stacks several rungs on the
+    first evaluation (BENCHMARKS.md, search).
+    """
     import optuna
 
     kinds = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
              "successive_halving": optuna.pruners.SuccessiveHalvingPruner, "hyperband": optuna.pruners.HyperbandPruner}
+    args = dict(search.pruner_args)
+    if search.pruner == "successive_halving" and first_eval:
+        args.setdefault("min_resource", first_eval)
     try:
-        return kinds[search.pruner](**search.pruner_args)
+        return kinds[search.pruner](**args)
     except TypeError as e:
         raise UserError(f"search.pruner_args: {e}; see Optuna's {kinds[search.pruner].__name__}") from None
 
@@ -83,7 +91,7 @@ def storage(url: str, heartbeat: int | None = None, read_only: bool = False):
         raise UserError(f"tracking.optuna_storage {tracking.redact(url)!r} is unusable ({str(e).splitlines()[0][:160]}); check the URL, server and credentials") from None
 
 
-def open_study(spec, create: bool):
+def open_study(spec, create: bool, first_eval: int | None = None):
     """The spec's study; `create=False` raises when it does not exist yet."""
     import optuna
 
@@ -93,7 +101,7 @@ def open_study(spec, create: bool):
             return optuna.load_study(study_name=spec.name, storage=store)
         except KeyError:
             raise UserError(f"no study named {spec.name!r} in {tracking.redact(spec.tracking.optuna_storage)}; run `afina sweep` first") from None
-    study = optuna.create_study(storage=store, study_name=spec.name, sampler=sampler(spec.search), pruner=pruner(spec.search),
+    study = optuna.create_study(storage=store, study_name=spec.name, sampler=sampler(spec.search), pruner=pruner(spec.search, first_eval),
                                 directions=spec.search.directions, load_if_exists=True)
     have = [d.name.lower() for d in study.directions]
     if have != spec.search.directions:
@@ -136,7 +144,7 @@ def run(spec, spec_path: str, console, progress: bool = True):
         return _follow(spec, prepared, model_dir)
     if prepared.report.warnings:
         check.render(prepared.report, console, per_kind=3, table=False)
-    study = open_study(spec, create=True)
+    study = open_study(spec, create=True, first_eval=trial.eval_every(dict(spec.train), sum(map(len, prepared.slices.values()))))
     c = resilience.Guard(tracking.client(spec.tracking.mlflow_uri), resilience.fallback_dir(spec), spec.tracking.mlflow_uri)
     with _exclusive(study):  # workers starting together share one experiment, parent run and requeue
         experiment_id = tracking.experiment(c, spec.experiment, spec.tracking.artifact_root, spec.tracking.mlflow_uri)

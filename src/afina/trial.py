@@ -97,7 +97,8 @@ def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir:
         tok = models.load_tokenizer(ctx["model_dir"], spec.model.trust_remote_code)
         model = models.load_model(ctx["model_dir"], spec.model.trust_remote_code, attn_implementation=attn)
     total = _total_steps(train_kw, len(rows))
-    every = train_kw.pop("eval_steps", None) or max(1, total // 4)
+    every = eval_every(train_kw, len(rows))
+    train_kw.pop("eval_steps", None)
     args = SFTConfig(
         output_dir=str(workdir), report_to="none", run_name=f"trial-{trial.number}",
         eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every,
@@ -189,6 +190,11 @@ def attention() -> str | None:
     if not torch.cuda.is_available():
         return None  # transformers' default (SDPA) is the fastest on CPU
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
+
+
+def eval_every(train_kw: dict, n_rows: int) -> int:
+    """Steps between evaluations (and checkpoints): train.eval_steps, else a quarter of the trial."""
+    return int(train_kw.get("eval_steps") or max(1, _total_steps(train_kw, n_rows) // 4))
 
 
 def _total_steps(train_kw: dict, n_rows: int) -> int:
