@@ -99,7 +99,8 @@ def search(a) -> dict:
     res = search_mod.efficiency(seeds=a.seeds, n_trials=a.trials, steps=12, every=every)
     pruned = {k: v for k, v in res.items() if not k.endswith("+none")}
     best = min(pruned, key=lambda k: (res[k]["median_ratio"], res[k]["median_steps"]))
-    return {"pairs": res, "chosen": best, "shape": f"{a.trials} trials, 12 steps, eval every {every}, {a.seeds} seeds"}
+    limits = search_mod.bounds(seeds=a.seeds, n_trials=a.trials, steps=12, every=every)  # what peer pruning can reach
+    return {"pairs": res, "chosen": best, "bounds": limits, "shape": f"{a.trials} trials, 12 steps, eval every {every}, {a.seeds} seeds"}
 
 
 def cli(a) -> dict:

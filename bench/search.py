@@ -35,15 +35,16 @@ def curve(params: dict, steps: int, every: int, seed: int) -> list[tuple[int, fl
 
 
 def run_study(sampler: str, pruner: str, seed: int, n_trials: int, budget: float | None, steps: int, every: int,
-              pruner_args: dict | None = None) -> list[tuple[float, float]]:
-    """[(cumulative steps, completed value)] in the order trials finished."""
+              pruner_args: dict | None = None, pruner_obj=None) -> list[tuple[float, float]]:
+    """[(cumulative steps, completed value)] in the order trials finished; pruner_obj: an Optuna pruner
+    outside afina's choices, in place of `pruner`."""
     import optuna
 
     from afina import space, sweep
     from afina.spec import Search
 
     search = Search(space=SPACE, sampler=sampler, pruner=pruner, seed=seed, pruner_args=pruner_args or {})
-    study = optuna.create_study(sampler=sweep.sampler(search), pruner=sweep.pruner(search, first_eval=every),
+    study = optuna.create_study(sampler=sweep.sampler(search), pruner=pruner_obj or sweep.pruner(search, first_eval=every),
                                 direction="minimize")
     used, hits = 0.0, []
 
@@ -90,3 +91,51 @@ def efficiency(seeds: int = 20, n_trials: int = 30, steps: int = 12, every: int 
             rec["reached"] += cost < math.inf
     return {k: {"median_ratio": statistics.median(v["ratios"]), "median_steps": statistics.median(v["steps"]),
                 "reached": f"{v['reached']}/{seeds}"} for k, v in out.items()}
+
+
+def bounds(seeds: int = 20, n_trials: int = 30, steps: int = 12, every: int = 2) -> dict:
+    """How far any pruner that only compares a trial with its peers can go, per seed against TPE unpruned.
+
+    oracle: the unpruned TPE run, with every trial that is not the hit stopped at its first evaluation.
+    records (path): the same run, where a trial goes on only while it beats every finished trial at
+        the same step; the finished trials are then the records, each the best so far, which no
+        peer comparison can stop (infinite where the rule stops the hit itself).
+    records (live): that rule as a real pruner in a live TPE study (Optuna's PercentilePruner at
+        0.1 %, compared with finished trials), so the sampler sees pruned trials as it would in afina.
+    """
+    import optuna
+
+    from afina import space
+    from afina.spec import Search
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    dims = Search(space=SPACE).space
+    out: dict[str, list[float]] = {"oracle": [], "records (path)": [], "records (live)": []}
+    for seed in range(seeds):
+        study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), direction="minimize")
+        curves: list[list[tuple[int, float]]] = []
+
+        def objective(trial, curves=curves, seed=seed):
+            curves.append(curve(space.suggest(trial, dims), steps, every, seed))
+            return min(v for _, v in curves[-1])
+
+        study.optimize(objective, n_trials=n_trials)
+        finals = [min(v for _, v in c) for c in curves]
+        target = min(finals) * 1.01
+        hit = next(i for i, v in enumerate(finals) if v <= target)
+        ref = steps * (hit + 1)
+        out["oracle"].append((every * hit + steps) / ref)
+        used, records = 0, []
+        for c in curves[: hit + 1]:
+            for j, (_, loss) in enumerate(c):
+                used += every
+                if records and loss > min(r[j][1] for r in records):
+                    break
+            else:
+                records.append(c)
+        kept = bool(records) and records[-1] is curves[hit]  # else the rule stopped the hit itself
+        out["records (path)"].append(used / ref if kept else math.inf)
+        live = run_study("tpe", "none", seed, n_trials * 10, steps * n_trials, steps, every,
+                         pruner_obj=optuna.pruners.PercentilePruner(0.1, n_startup_trials=1, n_warmup_steps=0))
+        out["records (live)"].append(next((c for c, v in live if v <= target), math.inf) / ref)
+    return {k: round(statistics.median(v), 3) for k, v in out.items()}

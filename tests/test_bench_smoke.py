@@ -16,6 +16,8 @@ def test_search_picks_a_pruner_that_saves_compute(tmp_path):
     pairs = out["search"]["pairs"]
     assert {"tpe+none", "tpe+median", "tpe+successive_halving", "random+none"} <= set(pairs)
     assert out["search"]["chosen"] in pairs and not out["search"]["chosen"].endswith("+none")
+    limits = out["search"]["bounds"]  # stopping every loser at once is the floor of peer pruning on the same path
+    assert 0 < limits["oracle"] <= limits["records (path)"] and limits["records (live)"] > 0
     assert json.loads((tmp_path / "s.json").read_text())["search"]["chosen"] == out["search"]["chosen"]
 
 
