@@ -7,22 +7,26 @@ import math
 ORDER = {"COMPLETE": 0, "RUNNING": 1, "PRUNED": 2, "FAIL": 3, "WAITING": 4}
 
 
-def run_id(trial, study) -> str:
-    """The trial's MLflow run: an offline id (the server was down when it started) maps to the real run once sent."""
+def run_id(trial, study, known: dict[str, str] | None = None) -> str:
+    """The trial's MLflow run: an offline id (the server was down when it started) maps to the real run once sent.
+
+    known: the study's map of offline ids, read once by callers that look up many trials (one query each otherwise).
+    """
     rid = trial.user_attrs.get("mlflow_run_id", "")
-    return study.user_attrs.get("mlflow_run_ids", {}).get(rid, rid)
+    return (study.user_attrs.get("mlflow_run_ids", {}) if known is None else known).get(rid, rid)
 
 
 def rows(study) -> list[dict]:
     """One dict per trial, best first: completed by objective, then running, pruned, failed."""
     sign = [1 if d.name == "MINIMIZE" else -1 for d in study.directions]
+    known = study.user_attrs.get("mlflow_run_ids", {})
     out = []
     for t in study.get_trials(deepcopy=False):
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         values = list(t.values) if t.values else []
         key = [s * v for s, v in zip(sign, values, strict=True)] if values and all(math.isfinite(v) for v in values) else [math.inf]
         out.append({"number": t.number, "state": t.state.name, "values": values, "params": t.params, "duration": duration,
-                    "run_id": run_id(t, study), "reason": t.user_attrs.get("fail_reason", ""), "_key": key})
+                    "run_id": run_id(t, study, known), "reason": t.user_attrs.get("fail_reason", ""), "_key": key})
     out.sort(key=lambda r: (ORDER.get(r["state"], 9), r["_key"], r["number"]))
     return out
 
