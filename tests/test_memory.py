@@ -3,6 +3,7 @@ changes nothing about the results (same seed, same eval loss as a fresh load).""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 from pathlib import Path
@@ -50,3 +51,37 @@ def test_reuse_gives_identical_results(afina_cache, tmp_path):
     assert fresh["eval_loss"] == cold["eval_loss"] == disk["eval_loss"]
     assert fresh["tokens"] == cold["tokens"] == disk["tokens"]
     assert list((Path(afina_cache) / "tokens").iterdir()), "the token cache was not written to disk"
+
+
+def _weights(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_lora_trials_share_the_base_weights_and_never_write_them(afina_cache, tmp_path):
+    """LoRA trials train over the worker's own base tensors (no heap copy, which trains slower on
+    CPU); neither a default-init trial nor an OLoRA trial (whose init rewrites the base, so it gets
+    a copy) may change them."""
+    import common
+    import optuna
+    import torch
+
+    from afina import models
+
+    bench = common.Bench("tiny-random", 2, tmp_path, batch=4, max_length=64, eval_steps=1)
+    models._PRISTINE.clear()
+    _, copy_ = models.fresh(bench.model_dir, share_weights=True)
+    (base_tok, base), = models._PRISTINE.values()
+    before = _weights(base)
+    for (name, p), (_, q) in zip(base.named_parameters(), copy_.named_parameters(), strict=True):
+        assert p is not q and p.data_ptr() == q.data_ptr(), name
+    assert copy_.lm_head.weight is copy_.model.embed_tokens.weight  # still tied
+    bench.afina(lr=3e-2)
+    bench.spec.lora["init_lora_weights"] = "olora"
+    with contextlib.suppress(optuna.TrialPruned):  # the bench's pruner may stop it after its first step
+        bench.afina(lr=3e-2)
+    (_, after_model), = models._PRISTINE.values()
+    assert after_model is base
+    for k, v in _weights(base).items():
+        assert torch.equal(v, before[k]), f"a trial wrote the pristine base's {k}"
+    _, full = models.fresh(bench.model_dir, share_weights=False)
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(base.parameters(), full.parameters(), strict=True))

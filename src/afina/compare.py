@@ -91,7 +91,7 @@ def _base(spec, model_dir):
     """A copy of the worker's base model, loaded as the trials load it (so they reuse it)."""
     from afina.trial import attention
 
-    return models.fresh(model_dir, spec.model.trust_remote_code, attention())
+    return models.fresh(model_dir, spec.model.trust_remote_code, attention(), share_weights=True)  # evaluation only
 
 
 def _eval_loss(spec, model, tok, prepared) -> float:

@@ -92,7 +92,9 @@ def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir:
     c = ctx["client"]
     reuse, attn = ctx.get("reuse", True), attention()  # reuse=False: load and tokenize from scratch (benchmarks)
     if reuse:
-        tok, model = models.fresh(ctx["model_dir"], spec.model.trust_remote_code, attn)
+        # LoRA's default inits never write the frozen base; PiSSA/OLoRA-style inits rewrite it
+        share = spec.model.method == "lora" and lora_kw.get("init_lora_weights", True) in (True, False, "gaussian")
+        tok, model = models.fresh(ctx["model_dir"], spec.model.trust_remote_code, attn, share_weights=share)
     else:
         tok = models.load_tokenizer(ctx["model_dir"], spec.model.trust_remote_code)
         model = models.load_model(ctx["model_dir"], spec.model.trust_remote_code, attn_implementation=attn)
