@@ -95,7 +95,7 @@ def logging_cost(a) -> dict:
 def search(a) -> dict:
     import search as search_mod
 
-    every = a.every or (4 if a.quick else 2)
+    every = a.every or (4 if a.quick else 1)  # 1 of 12: afina's default for LoRA
     res = search_mod.efficiency(seeds=a.seeds, n_trials=a.trials, steps=12, every=every)
     pruned = {k: v for k, v in res.items() if not k.endswith("+none")}
     best = min(pruned, key=lambda k: (res[k]["median_ratio"], res[k]["median_steps"]))
@@ -216,7 +216,7 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=None, help="interleaved A/B pairs (or CLI runs)")
     p.add_argument("--trials", type=int, default=None, help="trials (memory, search) or study size (cli)")
     p.add_argument("--seeds", type=int, default=None, help="search: seeds")
-    p.add_argument("--every", type=int, default=None, help="search: steps between evaluations (of 12; default 2)")
+    p.add_argument("--every", type=int, default=None, help="search: steps between evaluations (of 12; default 1)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the harness")
     p.add_argument("--json", type=Path, help="write the results here")
     a = p.parse_args(argv)

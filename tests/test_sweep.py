@@ -404,8 +404,12 @@ def test_default_pruner_rungs_start_at_the_first_evaluation():
     assert not second_is_pruned(Search(space=space, pruner="median", pruner_args={"n_startup_trials": 1}), first_eval=5)
 
     assert trial.eval_every({"max_steps": 10, "eval_steps": 5}, 300) == 5
-    assert trial.eval_every({"max_steps": 10}, 300) == 2
-    assert trial.eval_every({"per_device_train_batch_size": 8, "num_train_epochs": 1}, 100) == 3  # 13 steps
+    assert trial.eval_every({"max_steps": 10}, 300) == 1  # LoRA, eval set free: every step of a short trial
+    assert trial.eval_every({"max_steps": 10}, 300, full=True) == 2  # full: 4 checkpoints a trial
+    assert trial.eval_every({"max_steps": 300}, 3000, n_eval=12) == 25  # 12 reports; each eval about 2 % of 25 steps
+    assert trial.eval_every({"max_steps": 300}, 3000, n_eval=120) == 75  # a large eval set: 4 reports
+    assert trial.eval_every({"max_steps": 300}, 3000, n_eval=60) == 50  # 60 eval rows cost 2.5 training steps: 5 % of 50
+    assert trial.eval_every({"per_device_train_batch_size": 8, "num_train_epochs": 1}, 100, n_eval=12) == 3  # 13 steps
 
 
 def test_default_pruner_stops_a_bad_trial_at_its_first_evaluation(project, cli):

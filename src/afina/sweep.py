@@ -144,7 +144,8 @@ def run(spec, spec_path: str, console, progress: bool = True):
         return _follow(spec, prepared, model_dir)
     if prepared.report.warnings:
         check.render(prepared.report, console, per_kind=3, table=False)
-    study = open_study(spec, create=True, first_eval=trial.eval_every(dict(spec.train), sum(map(len, prepared.slices.values()))))
+    study = open_study(spec, create=True, first_eval=trial.eval_every(dict(spec.train), sum(map(len, prepared.slices.values())),
+                                                                             len(prepared.eval), spec.model.method == "full"))
     c = resilience.Guard(tracking.client(spec.tracking.mlflow_uri), resilience.fallback_dir(spec), spec.tracking.mlflow_uri)
     with _exclusive(study):  # workers starting together share one experiment, parent run and requeue
         experiment_id = tracking.experiment(c, spec.experiment, spec.tracking.artifact_root, spec.tracking.mlflow_uri)

@@ -99,7 +99,7 @@ def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir:
         tok = models.load_tokenizer(ctx["model_dir"], spec.model.trust_remote_code)
         model = models.load_model(ctx["model_dir"], spec.model.trust_remote_code, attn_implementation=attn)
     total = _total_steps(train_kw, len(rows))
-    every = eval_every(train_kw, len(rows))
+    every = eval_every(train_kw, len(rows), len(prepared.eval), spec.model.method == "full")
     train_kw.pop("eval_steps", None)
     args = SFTConfig(
         output_dir=str(workdir), report_to="none", run_name=f"trial-{trial.number}",
@@ -194,16 +194,28 @@ def attention() -> str | None:
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
 
 
-def eval_every(train_kw: dict, n_rows: int) -> int:
-    """Steps between evaluations (and checkpoints): train.eval_steps, else a quarter of the trial."""
-    return int(train_kw.get("eval_steps") or max(1, _total_steps(train_kw, n_rows) // 4))
+def eval_every(train_kw: dict, n_rows: int, n_eval: int = 0, full: bool = False) -> int:
+    """Steps between evaluations (the pruner's reports, and checkpoints): train.eval_steps, else up to
+    12 a trial (4 for full fine-tuning, whose checkpoints are whole models), never fewer than 4,
+    and no more often than keeps an evaluation within 5 % of the training between two (an eval row
+    is one forward pass, a third of a training row). Finer reports let the pruner stop losers
+    sooner: 0.46 of the unpruned compute at 12 reports a trial, 0.63 at 4 (BENCHMARKS.md, search).
+    """
+    if train_kw.get("eval_steps"):
+        return int(train_kw["eval_steps"])
+    total = _total_steps(train_kw, n_rows)
+    cheap = math.ceil(20 * n_eval / (3 * _rows_per_step(train_kw)))
+    return max(1, min(total // 4, max(total // (4 if full else 12), cheap)))
+
+
+def _rows_per_step(train_kw: dict) -> int:
+    return train_kw.get("per_device_train_batch_size", 8) * train_kw.get("gradient_accumulation_steps", 1)
 
 
 def _total_steps(train_kw: dict, n_rows: int) -> int:
     if train_kw.get("max_steps", -1) > 0:
         return int(train_kw["max_steps"])
-    per_step = train_kw.get("per_device_train_batch_size", 8) * train_kw.get("gradient_accumulation_steps", 1)
-    return max(1, math.ceil(n_rows / per_step) * math.ceil(train_kw.get("num_train_epochs", 3)))
+    return max(1, math.ceil(n_rows / _rows_per_step(train_kw)) * math.ceil(train_kw.get("num_train_epochs", 3)))
 
 
 def _keep_checkpoint(spec, trainer, tok, c, run_id, workdir: Path, trial) -> None:
