@@ -68,7 +68,7 @@ def run_study(sampler: str, pruner: str, seed: int, n_trials: int, budget: float
     return hits
 
 
-def efficiency(seeds: int = 20, n_trials: int = 30, steps: int = 12, every: int = 4) -> dict:
+def efficiency(seeds: int = 20, n_trials: int = 30, steps: int = 12, every: int = 1) -> dict:
     """Per seed, the target is 1 % of the best value TPE (afina's default sampler) finds without pruning
     in `n_trials` trials; every pair gets the same target and the same compute budget."""
     import optuna
@@ -93,7 +93,7 @@ def efficiency(seeds: int = 20, n_trials: int = 30, steps: int = 12, every: int 
                 "reached": f"{v['reached']}/{seeds}"} for k, v in out.items()}
 
 
-def bounds(seeds: int = 20, n_trials: int = 30, steps: int = 12, every: int = 2) -> dict:
+def bounds(seeds: int = 20, n_trials: int = 30, steps: int = 12, every: int = 1) -> dict:
     """How far any pruner that only compares a trial with its peers can go, per seed against TPE unpruned.
 
     oracle: the unpruned TPE run, with every trial that is not the hit stopped at its first evaluation.
