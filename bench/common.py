@@ -16,8 +16,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TIENDA = ROOT / "experiments" / "data" / "tienda"
 
-for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-               "DO_NOT_TRACK": "true", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_ENABLE_ASYNC_LOGGING": "true"}.items():
+for _k, _v in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MLFLOW_ENABLE_ASYNC_LOGGING": "true",
+}.items():
     os.environ.setdefault(_k, _v)
 
 
@@ -32,8 +38,14 @@ def machine() -> str:
 # (throughput does not depend on the weights' values). Tokenizer: SmolLM2's.
 CONFIGS = {
     "smollm2-135m": None,  # SmolLM2-135M-Instruct's own config.json
-    "0.7b": {"hidden_size": 1536, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 12,
-             "num_key_value_heads": 4, "head_dim": 128},
+    "0.7b": {
+        "hidden_size": 1536,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+    },
 }
 
 
@@ -57,7 +69,9 @@ def model_ref(model: str) -> str:
     base = Path(os.environ.get("AFINA_BENCH_BASE") or models.resolve("smollm2-135m"))
     cfg = json.loads((base / "config.json").read_text())
     cfg.update(CONFIGS[name] or {})
-    config = AutoConfig.for_model(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}, model_type=cfg["model_type"])
+    config = AutoConfig.for_model(
+        **{k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}, model_type=cfg["model_type"]
+    )
     torch.manual_seed(0)
     m = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     m.save_pretrained(target)
@@ -65,23 +79,50 @@ def model_ref(model: str) -> str:
     return str(target)
 
 
-def spec_dict(model: str, steps: int, folder: Path, batch: int = 8, max_length: int = 128, eval_steps: int | None = None,
-              method: str = "lora", train: dict | None = None) -> dict:
+def spec_dict(
+    model: str,
+    steps: int,
+    folder: Path,
+    batch: int = 8,
+    max_length: int = 128,
+    eval_steps: int | None = None,
+    method: str = "lora",
+    train: dict | None = None,
+) -> dict:
     """Quickstart-shaped: the tienda slices, LoRA r=8 all-linear, batch 8, max_length 128."""
     return {
         "name": "bench",
         "model": {"ref": model_ref(model), "method": method},
-        "data": {"slices": {n: {"path": str(TIENDA / f"{n}.jsonl")} for n in ("faq", "productos", "poesia")},
-                 "eval": {"path": str(TIENDA / "eval.jsonl"), "max_rows": 12}},
-        "train": {"max_steps": steps, "per_device_train_batch_size": batch, "max_length": max_length,
-                  "eval_steps": eval_steps or max(1, steps // 2), "per_device_eval_batch_size": 12,
-                  "lr_scheduler_type": "constant", "warmup_steps": 0, "seed": 0, **(train or {})},
+        "data": {
+            "slices": {n: {"path": str(TIENDA / f"{n}.jsonl")} for n in ("faq", "productos", "poesia")},
+            "eval": {"path": str(TIENDA / "eval.jsonl"), "max_rows": 12},
+        },
+        "train": {
+            "max_steps": steps,
+            "per_device_train_batch_size": batch,
+            "max_length": max_length,
+            "eval_steps": eval_steps or max(1, steps // 2),
+            "per_device_eval_batch_size": 12,
+            "lr_scheduler_type": "constant",
+            "warmup_steps": 0,
+            "seed": 0,
+            **(train or {}),
+        },
         **({"lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}} if method == "lora" else {}),
-        "search": {"n_trials": 100, "seed": 0, "sampler": "random", "pruner": "median",
-                   "pruner_args": {"n_startup_trials": 0, "n_warmup_steps": 0},
-                   "space": {"train.learning_rate": {"float": [1e-4, 2e-3], "log": True}}},
-        "tracking": {"mlflow_uri": f"sqlite:///{folder}/mlflow.db", "optuna_storage": f"sqlite:///{folder}/optuna.db",
-                     "artifact_root": str(folder / "artifacts"), "checkpoint_dir": str(folder / "checkpoints")},
+        "search": {
+            "n_trials": 100,
+            "seed": 0,
+            "sampler": "random",
+            "pruner": "median",
+            "pruner_args": {"n_startup_trials": 0, "n_warmup_steps": 0},
+            "space": {"train.learning_rate": {"float": [1e-4, 2e-3], "log": True}},
+        },
+        "tracking": {
+            "mlflow_uri": f"sqlite:///{folder}/mlflow.db",
+            "optuna_storage": f"sqlite:///{folder}/optuna.db",
+            "artifact_root": str(folder / "artifacts"),
+            "checkpoint_dir": str(folder / "checkpoints"),
+        },
     }
 
 
@@ -110,7 +151,6 @@ class Bench:
         cfg = __import__("json").loads((Path(self.model_dir) / "config.json").read_text())
         self.params = _param_count(cfg)
 
-
     def afina(self, lr: float = 1e-3, reuse: bool = True, prompts: list | None = None) -> dict:
         """One afina trial with fixed params; returns wall time and what the trial logged."""
         from afina import trial
@@ -124,8 +164,14 @@ class Bench:
         wall = time.perf_counter() - t0
         self.study.tell(t, value)
         m = self.ctx["client"].get_run(t.user_attrs["mlflow_run_id"]).data.metrics
-        return {"wall_s": wall, "eval_loss": m["best_eval_loss"], "train_s": m["train_runtime"], "tokens": m["train_tokens"],
-                "tokens_per_s": m["train_tokens"] / m["train_runtime"], **_gpu_figures(self.params, m["train_tokens"] / m["train_runtime"], self.spec.model.method)}
+        return {
+            "wall_s": wall,
+            "eval_loss": m["best_eval_loss"],
+            "train_s": m["train_runtime"],
+            "tokens": m["train_tokens"],
+            "tokens_per_s": m["train_tokens"] / m["train_runtime"],
+            **_gpu_figures(self.params, m["train_tokens"] / m["train_runtime"], self.spec.model.method),
+        }
 
     def bare(self, lr: float = 1e-3, same_defaults: bool = True) -> dict:
         """The hand-written TRL script: from_pretrained, raw chat rows, SFTTrainer(...).train().
@@ -149,21 +195,47 @@ class Bench:
         tok = AutoTokenizer.from_pretrained(self.model_dir)
         model = AutoModelForCausalLM.from_pretrained(self.model_dir)
         out_dir = tempfile.mkdtemp(dir=self.folder)
-        args = SFTConfig(output_dir=out_dir, report_to="none", eval_strategy="steps", eval_steps=every, save_strategy="steps",
-                         save_steps=every, load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
-                         save_total_limit=1, disable_tqdm=True, include_num_input_tokens_seen="non_padding", logging_steps=1,
-                         **(trial.device_defaults() if same_defaults else {} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False}),
-                         **train_kw)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=data.to_dataset(rows), eval_dataset=data.to_dataset(self.prepared.eval),
-                             processing_class=tok, peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **lora_kw) if self.spec.model.method == "lora" else None)
+        args = SFTConfig(
+            output_dir=out_dir,
+            report_to="none",
+            eval_strategy="steps",
+            eval_steps=every,
+            save_strategy="steps",
+            save_steps=every,
+            load_best_model_at_end=True,
+            metric_for_best_model="eval_loss",
+            greater_is_better=False,
+            save_total_limit=1,
+            disable_tqdm=True,
+            include_num_input_tokens_seen="non_padding",
+            logging_steps=1,
+            **(trial.device_defaults() if same_defaults else {} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False}),
+            **train_kw,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=data.to_dataset(rows),
+            eval_dataset=data.to_dataset(self.prepared.eval),
+            processing_class=tok,
+            peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **lora_kw)
+            if self.spec.model.method == "lora"
+            else None,
+        )
         trainer.remove_callback(PrinterCallback)  # afina prints nothing per step either
         out = trainer.train()
         trainer.save_model(out_dir + "/best")
         wall = time.perf_counter() - t0
         tokens = float(trainer.state.num_input_tokens_seen)
         runtime = out.metrics["train_runtime"]
-        return {"wall_s": wall, "eval_loss": trainer.state.best_metric, "train_s": runtime, "tokens": tokens, "tokens_per_s": tokens / runtime,
-                **_gpu_figures(self.params, tokens / runtime, self.spec.model.method)}
+        return {
+            "wall_s": wall,
+            "eval_loss": trainer.state.best_metric,
+            "train_s": runtime,
+            "tokens": tokens,
+            "tokens_per_s": tokens / runtime,
+            **_gpu_figures(self.params, tokens / runtime, self.spec.model.method),
+        }
 
 
 def interleave(pairs: int, a, b, warmup: bool = True) -> tuple[list[dict], list[dict]]:
@@ -214,5 +286,8 @@ def _gpu_figures(params: int, tokens_per_s: float, method: str) -> dict:
     name = torch.cuda.get_device_name(0)
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     k = 6 if method == "full" else 4
-    return {"gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30, "params": params,
-            "mfu": k * params * tokens_per_s / peak if peak else None}
+    return {
+        "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "params": params,
+        "mfu": k * params * tokens_per_s / peak if peak else None,
+    }

@@ -29,10 +29,14 @@ import common  # noqa: E402  (sets the offline environment before afina imports 
 def overhead(a) -> dict:
     b = common.Bench(a.model, a.steps, **a.shape)
     ra, rb = common.interleave(a.repeats, lambda: b.afina(a.lr), lambda: b.bare(a.lr), warmup=not a.quick)
-    return {"afina_tokens_per_s": common.med(ra, "tokens_per_s"), "bare_tokens_per_s": common.med(rb, "tokens_per_s"),
-            "ratio_tokens_per_s": common.median_ratio(ra, rb, "tokens_per_s"),
-            "ratio_trial_wall": common.median_ratio(ra, rb, "wall_s"),
-            "eval_loss_afina": ra[-1]["eval_loss"], "eval_loss_bare": rb[-1]["eval_loss"]}
+    return {
+        "afina_tokens_per_s": common.med(ra, "tokens_per_s"),
+        "bare_tokens_per_s": common.med(rb, "tokens_per_s"),
+        "ratio_tokens_per_s": common.median_ratio(ra, rb, "tokens_per_s"),
+        "ratio_trial_wall": common.median_ratio(ra, rb, "wall_s"),
+        "eval_loss_afina": ra[-1]["eval_loss"],
+        "eval_loss_bare": rb[-1]["eval_loss"],
+    }
 
 
 def fixed(a) -> dict:
@@ -64,13 +68,20 @@ def fixed(a) -> dict:
     first = one(True)  # loads the base and fills the token cache
     on, off = common.interleave(a.repeats, lambda: one(True), lambda: one(False), warmup=False)
     trial._samples = orig
-    return {"fixed_s_reuse": common.med(on, "fixed_s"), "fixed_s_fresh": common.med(off, "fixed_s"),
-            "first_trial_fixed_s": first["fixed_s"], "trial_wall_s": common.med(on, "wall_s"),
-            "train_s": common.med(on, "train_s"), "samples_s": common.med(on, "gen_s"),
-            "fixed_over_wall_reuse": common.med(on, "fixed_s") / common.med(on, "wall_s"),
-            "sweep_wall_s_reuse": sum(r["wall_s"] for r in on), "sweep_wall_s_fresh": sum(r["wall_s"] for r in off),
-            "eval_losses_reuse": [r["eval_loss"] for r in on], "eval_losses_fresh": [r["eval_loss"] for r in off],
-            "identical": len({r["eval_loss"] for r in on + off}) == 1}
+    return {
+        "fixed_s_reuse": common.med(on, "fixed_s"),
+        "fixed_s_fresh": common.med(off, "fixed_s"),
+        "first_trial_fixed_s": first["fixed_s"],
+        "trial_wall_s": common.med(on, "wall_s"),
+        "train_s": common.med(on, "train_s"),
+        "samples_s": common.med(on, "gen_s"),
+        "fixed_over_wall_reuse": common.med(on, "fixed_s") / common.med(on, "wall_s"),
+        "sweep_wall_s_reuse": sum(r["wall_s"] for r in on),
+        "sweep_wall_s_fresh": sum(r["wall_s"] for r in off),
+        "eval_losses_reuse": [r["eval_loss"] for r in on],
+        "eval_losses_fresh": [r["eval_loss"] for r in off],
+        "identical": len({r["eval_loss"] for r in on + off}) == 1,
+    }
 
 
 def logging_cost(a) -> dict:
@@ -88,8 +99,13 @@ def logging_cost(a) -> dict:
             trial._Watch.flush = real
 
     ra, rb = common.interleave(a.repeats, lambda: b.afina(), without, warmup=not a.quick)
-    return {"ratio_train_wall": common.median_ratio(ra, rb, "train_s"), "ratio_trial_wall": common.median_ratio(ra, rb, "wall_s"),
-            "train_s_logging": common.med(ra, "train_s"), "train_s_no_logging": common.med(rb, "train_s"), "steps": a.steps}
+    return {
+        "ratio_train_wall": common.median_ratio(ra, rb, "train_s"),
+        "ratio_trial_wall": common.median_ratio(ra, rb, "wall_s"),
+        "train_s_logging": common.med(ra, "train_s"),
+        "train_s_no_logging": common.med(rb, "train_s"),
+        "steps": a.steps,
+    }
 
 
 def search(a) -> dict:
@@ -121,10 +137,16 @@ def cli(a) -> dict:
     trials = []
     for i in range(a.trials):
         state = optuna.trial.TrialState.COMPLETE if i % 4 else optuna.trial.TrialState.PRUNED
-        trials.append(optuna.trial.create_trial(params={"train.learning_rate": 1e-4 * (1 + i % 17)}, distributions=dist,
-                                                value=1.0 + i / 1000 if state == optuna.trial.TrialState.COMPLETE else None,
-                                                state=state, user_attrs={"mlflow_run_id": f"{i:032x}"},
-                                                intermediate_values={4: 1.5, 8: 1.2}))
+        trials.append(
+            optuna.trial.create_trial(
+                params={"train.learning_rate": 1e-4 * (1 + i % 17)},
+                distributions=dist,
+                value=1.0 + i / 1000 if state == optuna.trial.TrialState.COMPLETE else None,
+                state=state,
+                user_attrs={"mlflow_run_id": f"{i:032x}"},
+                intermediate_values={4: 1.5, 8: 1.2},
+            )
+        )
     study.add_trials(trials)
     exe = [sys.executable, "-m", "afina"]
 
@@ -148,9 +170,15 @@ def cli(a) -> dict:
         base.append(python_alone())
         helps.append(timed(["--help"]))
         status.append(timed(["status", str(path)]))
-    return {"help_s_median": statistics.median(helps), "help_s_min": min(helps),
-            "status_s_median": statistics.median(status), "status_s_min": min(status), "status_trials": a.trials,
-            "python_startup_s_median": statistics.median(base), "python_startup_s_min": min(base)}
+    return {
+        "help_s_median": statistics.median(helps),
+        "help_s_min": min(helps),
+        "status_s_median": statistics.median(status),
+        "status_s_min": min(status),
+        "status_trials": a.trials,
+        "python_startup_s_median": statistics.median(base),
+        "python_startup_s_min": min(base),
+    }
 
 
 def memory(a) -> dict:
@@ -166,8 +194,11 @@ def memory(a) -> dict:
         gc.collect()
         rss.append(proc.memory_info().rss / 2**20)
     peak = _peak_rss_mib()
-    return {"peak_rss_mib": peak, "rss_after_each_trial_mib": [round(x, 1) for x in rss],
-            "growth_after_second_trial_mib": rss[-1] - rss[1] if len(rss) > 1 else 0.0}
+    return {
+        "peak_rss_mib": peak,
+        "rss_after_each_trial_mib": [round(x, 1) for x in rss],
+        "growth_after_second_trial_mib": rss[-1] - rss[1] if len(rss) > 1 else 0.0,
+    }
 
 
 def _peak_rss_mib() -> float:
@@ -188,25 +219,43 @@ def defaults(a) -> dict:
     rel = abs(ra[-1]["eval_loss"] - rb[-1]["eval_loss"]) / rb[-1]["eval_loss"]
     from afina import trial
 
-    out = {"device_defaults": trial.device_defaults(), "attention": trial.attention(), "shape": a.shape, "steps": a.steps,
-           "eval_loss_afina": ra[-1]["eval_loss"], "eval_loss_trl_defaults": rb[-1]["eval_loss"], "relative_diff": rel,
-           "afina_tokens_per_s": common.med(ra, "tokens_per_s"), "trl_defaults_tokens_per_s": common.med(rb, "tokens_per_s"),
-           "ratio_tokens_per_s": common.median_ratio(ra, rb, "tokens_per_s")}
+    out = {
+        "device_defaults": trial.device_defaults(),
+        "attention": trial.attention(),
+        "shape": a.shape,
+        "steps": a.steps,
+        "eval_loss_afina": ra[-1]["eval_loss"],
+        "eval_loss_trl_defaults": rb[-1]["eval_loss"],
+        "relative_diff": rel,
+        "afina_tokens_per_s": common.med(ra, "tokens_per_s"),
+        "trl_defaults_tokens_per_s": common.med(rb, "tokens_per_s"),
+        "ratio_tokens_per_s": common.median_ratio(ra, rb, "tokens_per_s"),
+    }
     for key in ("gpu_peak_gib", "mfu", "params"):
         if key in ra[-1]:
             out[f"afina_{key}"], out[f"trl_defaults_{key}"] = common.med(ra, key), common.med(rb, key)
     return out
 
 
-COMMANDS = {"overhead": overhead, "fixed": fixed, "logging": logging_cost, "search": search, "cli": cli,
-            "memory": memory, "defaults": defaults}
+COMMANDS = {
+    "overhead": overhead,
+    "fixed": fixed,
+    "logging": logging_cost,
+    "search": search,
+    "cli": cli,
+    "memory": memory,
+    "defaults": defaults,
+}
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=[*COMMANDS, "all"])
-    p.add_argument("--model", default="tiny-random",
-                   help="tiny-random, smollm2-135m (embedded, offline), a model folder, or random:smollm2-135m / random:0.7b")
+    p.add_argument(
+        "--model",
+        default="tiny-random",
+        help="tiny-random, smollm2-135m (embedded, offline), a model folder, or random:smollm2-135m / random:0.7b",
+    )
     p.add_argument("--method", choices=["lora", "full"], default="lora")
     p.add_argument("--batch", type=int, default=8, help="per-device train batch (overhead, defaults)")
     p.add_argument("--max-length", type=int, default=128)
@@ -223,14 +272,27 @@ def main(argv=None) -> dict:
     names = list(COMMANDS) if a.command == "all" else [a.command]
     results = {"machine": common.machine(), "model": a.model, "quick": a.quick}
     for name in names:
-        sizes = {"steps": 2 if a.quick else (40 if a.model == "tiny-random" else 8), "repeats": 1 if a.quick else 3,
-                 "trials": {"cli": 200, "search": 30, "memory": 3 if a.quick else 6}.get(name, 4), "seeds": 2 if a.quick else 100}
+        sizes = {
+            "steps": 2 if a.quick else (40 if a.model == "tiny-random" else 8),
+            "repeats": 1 if a.quick else 3,
+            "trials": {"cli": 200, "search": 30, "memory": 3 if a.quick else 6}.get(name, 4),
+            "seeds": 2 if a.quick else 100,
+        }
         if name == "cli" and not a.quick:
             sizes["repeats"] = 10
-        ns = argparse.Namespace(**{k: getattr(a, k) if getattr(a, k) is not None else v for k, v in sizes.items()},
-                                model=a.model, quick=a.quick, lr=a.lr, every=a.every,
-                                shape={"method": a.method, "batch": a.batch, "max_length": a.max_length,
-                                       "train": {"padding_free": True} if a.padding_free else {}})
+        ns = argparse.Namespace(
+            **{k: getattr(a, k) if getattr(a, k) is not None else v for k, v in sizes.items()},
+            model=a.model,
+            quick=a.quick,
+            lr=a.lr,
+            every=a.every,
+            shape={
+                "method": a.method,
+                "batch": a.batch,
+                "max_length": a.max_length,
+                "train": {"padding_free": True} if a.padding_free else {},
+            },
+        )
         t0 = time.perf_counter()
         results[name] = COMMANDS[name](ns)
         results[name]["bench_s"] = time.perf_counter() - t0

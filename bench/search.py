@@ -15,8 +15,11 @@ import math
 import random
 import statistics
 
-SPACE = {"train.learning_rate": {"float": [1e-5, 1e-2], "log": True}, "lora.r": {"categorical": [4, 8, 16]},
-         "slices.poesia.include": {"categorical": [True, False]}}
+SPACE = {
+    "train.learning_rate": {"float": [1e-5, 1e-2], "log": True},
+    "lora.r": {"categorical": [4, 8, 16]},
+    "slices.poesia.include": {"categorical": [True, False]},
+}
 
 
 def curve(params: dict, steps: int, every: int, seed: int) -> list[tuple[int, float]]:
@@ -34,8 +37,17 @@ def curve(params: dict, steps: int, every: int, seed: int) -> list[tuple[int, fl
     return out
 
 
-def run_study(sampler: str, pruner: str, seed: int, n_trials: int, budget: float | None, steps: int, every: int,
-              pruner_args: dict | None = None, pruner_obj=None) -> list[tuple[float, float]]:
+def run_study(
+    sampler: str,
+    pruner: str,
+    seed: int,
+    n_trials: int,
+    budget: float | None,
+    steps: int,
+    every: int,
+    pruner_args: dict | None = None,
+    pruner_obj=None,
+) -> list[tuple[float, float]]:
     """[(cumulative steps, completed value)] in the order trials finished; pruner_obj: an Optuna pruner
     outside afina's choices, in place of `pruner`."""
     import optuna
@@ -44,8 +56,9 @@ def run_study(sampler: str, pruner: str, seed: int, n_trials: int, budget: float
     from afina.spec import Search
 
     search = Search(space=SPACE, sampler=sampler, pruner=pruner, seed=seed, pruner_args=pruner_args or {})
-    study = optuna.create_study(sampler=sweep.sampler(search), pruner=pruner_obj or sweep.pruner(search, first_eval=every),
-                                direction="minimize")
+    study = optuna.create_study(
+        sampler=sweep.sampler(search), pruner=pruner_obj or sweep.pruner(search, first_eval=every), direction="minimize"
+    )
     used, hits = 0.0, []
 
     def objective(trial):
@@ -89,8 +102,14 @@ def efficiency(seeds: int = 20, n_trials: int = 30, steps: int = 12, every: int 
             rec["ratios"].append(cost / ref_cost)
             rec["steps"].append(cost)
             rec["reached"] += cost < math.inf
-    return {k: {"median_ratio": statistics.median(v["ratios"]), "median_steps": statistics.median(v["steps"]),
-                "reached": f"{v['reached']}/{seeds}"} for k, v in out.items()}
+    return {
+        k: {
+            "median_ratio": statistics.median(v["ratios"]),
+            "median_steps": statistics.median(v["steps"]),
+            "reached": f"{v['reached']}/{seeds}",
+        }
+        for k, v in out.items()
+    }
 
 
 def bounds(seeds: int = 20, n_trials: int = 30, steps: int = 12, every: int = 1) -> dict:
@@ -135,7 +154,15 @@ def bounds(seeds: int = 20, n_trials: int = 30, steps: int = 12, every: int = 1)
                 records.append(c)
         kept = bool(records) and records[-1] is curves[hit]  # else the rule stopped the hit itself
         out["records (path)"].append(used / ref if kept else math.inf)
-        live = run_study("tpe", "none", seed, n_trials * 10, steps * n_trials, steps, every,
-                         pruner_obj=optuna.pruners.PercentilePruner(0.1, n_startup_trials=1, n_warmup_steps=0))
+        live = run_study(
+            "tpe",
+            "none",
+            seed,
+            n_trials * 10,
+            steps * n_trials,
+            steps,
+            every,
+            pruner_obj=optuna.pruners.PercentilePruner(0.1, n_startup_trials=1, n_warmup_steps=0),
+        )
         out["records (live)"].append(next((c for c, v in live if v <= target), math.inf) / ref)
     return {k: round(statistics.median(v), 3) for k, v in out.items()}

@@ -14,8 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TIENDA = ROOT / "experiments" / "data" / "tienda"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-os.environ.update({"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-                   "DO_NOT_TRACK": "true", "TOKENIZERS_PARALLELISM": "false"})
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,18 +55,29 @@ def tiny_spec(**overrides) -> dict:
             },
             "eval": {"path": str(TIENDA / "eval.jsonl"), "max_rows": 8},
         },
-        "train": {"max_steps": 4, "per_device_train_batch_size": 4, "max_length": 64, "eval_steps": 2,
-                  "per_device_eval_batch_size": 8, "seed": 0},
+        "train": {
+            "max_steps": 4,
+            "per_device_train_batch_size": 4,
+            "max_length": 64,
+            "eval_steps": 2,
+            "per_device_eval_batch_size": 8,
+            "seed": 0,
+        },
         "lora": {"r": 4, "lora_alpha": 8},
         "search": {
-            "n_trials": 3, "seed": 0, "sampler": "random", "pruner": "none",
+            "n_trials": 3,
+            "seed": 0,
+            "sampler": "random",
+            "pruner": "none",
             "space": {
                 "train.learning_rate": {"float": [1e-4, 1e-2], "log": True},
                 "slices.poesia.include": {"categorical": [True, False]},
             },
         },
-        "samples": {"prompts": [{"prompt": "Describe una camiseta básica blanca", "reference": "Una camiseta."},
-                                "¿Puedo devolver un pedido?"], "max_new_tokens": 8},
+        "samples": {
+            "prompts": [{"prompt": "Describe una camiseta básica blanca", "reference": "Una camiseta."}, "¿Puedo devolver un pedido?"],
+            "max_new_tokens": 8,
+        },
     }
     for key, value in overrides.items():
         spec[key] = {**spec[key], **value} if isinstance(value, dict) and isinstance(spec.get(key), dict) else value

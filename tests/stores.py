@@ -71,9 +71,26 @@ def start_server(backend: str, artifacts: Path, port: int, log: Path) -> subproc
     import requests
 
     f = log.open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "afina", "server", "--backend-store-uri", backend, "--artifacts-destination",
-                             str(artifacts), "--port", str(port), "--workers", "2"], stdout=f, stderr=subprocess.STDOUT,
-                            env=env(), start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "afina",
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(artifacts),
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        stdout=f,
+        stderr=subprocess.STDOUT,
+        env=env(),
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -104,8 +121,14 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 def sweep(spec: Path, cwd: Path, out: Path, **extra: str) -> subprocess.Popen:
     f = out.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "afina", "sweep", str(spec), "--no-progress"], cwd=cwd, stdout=f,
-                            stderr=subprocess.STDOUT, env=env(**extra), start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "afina", "sweep", str(spec), "--no-progress"],
+        cwd=cwd,
+        stdout=f,
+        stderr=subprocess.STDOUT,
+        env=env(**extra),
+        start_new_session=True,
+    )
 
 
 def wait_for(predicate, timeout: float, what: str, every: float = 0.2):

@@ -22,22 +22,35 @@ def chat(user, answer, *more):
 @pytest.fixture
 def messy(project) -> Path:
     """A chat export with one planted problem per row (row numbers are what the report must name)."""
-    jsonl(project / "train.jsonl", [
-        chat("¿Hacéis envíos a Bilbao?", "Sí, en 48 horas."),                    # 1
-        chat("¿Puedo devolver un pedido?", "Tienes 30 días."),                    # 2
-        chat("¿Hacéis envíos a Bilbao?", "Sí, en 48 horas."),                    # 3 exact duplicate of 1
-        chat("¿puedo DEVOLVER un pedido", "tienes 30 dias"),                      # 4 near duplicate of 2
-        chat("¿Tenéis tallas grandes?", ""),                                      # 5 empty answer
-        chat("¿Abrís el domingo?", "No"),                                         # 6 trivially short answer
-        chat("Cuéntame todo", LONG),                                              # 7 longer than max_length
-        {"messages": [{"role": "user", "content": "hola"}, {"role": "system", "content": "x"},
-                      {"role": "assistant", "content": "Hola, dime."}]},            # 8 system turn not first
-        chat("¿Y el cambio de talla?", "Gratis.", {"role": "user", "content": "¿seguro?"}),  # 9 ends on a user turn
-        {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "cinco"}]},  # 10 non-string content
-        chat("¿Dónde está mi pedido?", "Te mandamos el número de seguimiento por email."),     # 11 leaks into eval
-    ])
-    jsonl(project / "eval.jsonl", [chat("¿Cuánto cuesta el envío?", "Gratis desde 50 €."),
-                                   chat("¿dónde está mi pedido", "Te mandamos el número de seguimiento por email")])
+    jsonl(
+        project / "train.jsonl",
+        [
+            chat("¿Hacéis envíos a Bilbao?", "Sí, en 48 horas."),  # 1
+            chat("¿Puedo devolver un pedido?", "Tienes 30 días."),  # 2
+            chat("¿Hacéis envíos a Bilbao?", "Sí, en 48 horas."),  # 3 exact duplicate of 1
+            chat("¿puedo DEVOLVER un pedido", "tienes 30 dias"),  # 4 near duplicate of 2
+            chat("¿Tenéis tallas grandes?", ""),  # 5 empty answer
+            chat("¿Abrís el domingo?", "No"),  # 6 trivially short answer
+            chat("Cuéntame todo", LONG),  # 7 longer than max_length
+            {
+                "messages": [
+                    {"role": "user", "content": "hola"},
+                    {"role": "system", "content": "x"},
+                    {"role": "assistant", "content": "Hola, dime."},
+                ]
+            },  # 8 system turn not first
+            chat("¿Y el cambio de talla?", "Gratis.", {"role": "user", "content": "¿seguro?"}),  # 9 ends on a user turn
+            {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "cinco"}]},  # 10 non-string content
+            chat("¿Dónde está mi pedido?", "Te mandamos el número de seguimiento por email."),  # 11 leaks into eval
+        ],
+    )
+    jsonl(
+        project / "eval.jsonl",
+        [
+            chat("¿Cuánto cuesta el envío?", "Gratis desde 50 €."),
+            chat("¿dónde está mi pedido", "Te mandamos el número de seguimiento por email"),
+        ],
+    )
     return spec_file(project, {"tienda": {"path": "train.jsonl"}}, {"path": "eval.jsonl"})
 
 
@@ -83,13 +96,22 @@ def test_a_clean_spec_passes_with_stats(project, cli):
 
 
 def test_language_balance_and_all_excluded(project):
-    rows = [{"prompt": f"Where is my order number {i}?", "completion": "It is on the way and you will have it by Friday.", "topic": "a"}
-            for i in range(30)] + [{"prompt": "¿Dónde está mi pedido?", "completion": "Está en camino y lo tendrás el viernes.", "topic": "b"}]
+    rows = [
+        {"prompt": f"Where is my order number {i}?", "completion": "It is on the way and you will have it by Friday.", "topic": "a"}
+        for i in range(30)
+    ] + [{"prompt": "¿Dónde está mi pedido?", "completion": "Está en camino y lo tendrás el viernes.", "topic": "b"}]
     jsonl(project / "d.jsonl", rows)
     jsonl(project / "eval.jsonl", [chat("q", "a")])
-    spec = spec_mod.load(spec_file(project, {"en": {"path": "d.jsonl", "where": {"topic": "a"}, "language": "es"},
-                                             "es": {"path": "d.jsonl", "where": {"topic": "b"}, "language": "es", "include": False}},
-                                   {"path": "eval.jsonl"}))
+    spec = spec_mod.load(
+        spec_file(
+            project,
+            {
+                "en": {"path": "d.jsonl", "where": {"topic": "a"}, "language": "es"},
+                "es": {"path": "d.jsonl", "where": {"topic": "b"}, "language": "es", "include": False},
+            },
+            {"path": "eval.jsonl"},
+        )
+    )
     report = check.run(spec, data.prepare(spec, collect=True))
     kinds = {(i.kind, i.where) for i in report.issues}
     assert ("language", "slice en") in kinds and ("language", "slice es") not in kinds
@@ -98,7 +120,8 @@ def test_language_balance_and_all_excluded(project):
     assert report.slices["en"]["language"] == "es 0%" and report.slices["es"]["language"] == "es 100%"
     spec.data.slices["en"].include = False
     assert [i.message for i in check.run(spec, data.prepare(spec)).errors] == [
-        "every slice is excluded or has weight 0 and none is searched; nothing would train"]
+        "every slice is excluded or has weight 0 and none is searched; nothing would train"
+    ]
 
 
 def test_sweep_stops_on_fatal_check_before_writing_anything(messy, cli, project):

@@ -33,8 +33,10 @@ def sources(tmp: Path) -> dict[str, tuple[dict, list[list[dict]]]]:
     return {
         "chat": ({"path": "chat.jsonl"}, [CHAT]),
         "pc": ({"path": "pc.json"}, [u("¿Envío?", "Gratis desde 50 €.")]),
-        "bitext": ({"path": "bitext.csv", "system": "Be kind."},
-                   [[{"role": "system", "content": "Be kind."}, *u("cancel order 1, please", "Sure: go to Orders.")]]),
+        "bitext": (
+            {"path": "bitext.csv", "system": "Be kind."},
+            [[{"role": "system", "content": "Be kind."}, *u("cancel order 1, please", "Sure: go to Orders.")]],
+        ),
         "alpaca": ({"path": "alpaca.jsonl"}, [u("Traduce\n\nhello", "hola")]),
         "style": ({"path": "style.parquet"}, [[{"role": "assistant", "content": "Prosa lírica."}]]),
         "saved": ({"path": "saved", "columns": {"prompt": "question", "completion": "answer"}}, [u("Q?", "A.")]),
@@ -51,15 +53,22 @@ def test_every_format_reaches_sft_trainer_as_the_same_chat(project):
     prepared = data.prepare(spec)
     for name, (_, chats) in srcs.items():
         assert [r.messages for r in prepared.slices[name]] == chats, name
-    assert prepared.slices["bitext"][0].origin == "bitext.csv:1" and prepared.slices["bitext"][0].fields == ["system", "instruction", "response"]
+    assert prepared.slices["bitext"][0].origin == "bitext.csv:1" and prepared.slices["bitext"][0].fields == [
+        "system",
+        "instruction",
+        "response",
+    ]
     assert prepared.slices["glob"][1].origin == "b.jsonl:1"
 
     # What TRL tokenizes is the chat template over exactly these messages.
     rows = [r for name in srcs for r in prepared.slices[name]]
     tok = models.load_tokenizer(models.resolve("tiny-random"))
-    trainer = SFTTrainer(model=models.load_model(models.resolve("tiny-random")), processing_class=tok,
-                         args=SFTConfig(output_dir=str(project / "out"), report_to="none", use_cpu=True, max_length=None),
-                         train_dataset=data.to_dataset(rows))
+    trainer = SFTTrainer(
+        model=models.load_model(models.resolve("tiny-random")),
+        processing_class=tok,
+        args=SFTConfig(output_dir=str(project / "out"), report_to="none", use_cpu=True, max_length=None),
+        train_dataset=data.to_dataset(rows),
+    )
     got = [tok.decode(ids) for ids in trainer.train_dataset["input_ids"]]
     assert got == [tok.apply_chat_template(r.messages, tokenize=False) for r in rows]
     assert "<|im_start|>user\nTraduce\n\nhello<|im_end|>" in got[rows.index(prepared.slices["alpaca"][0])]
@@ -70,8 +79,11 @@ def categories(project) -> Path:
     lines = ["instruction,response,category"] + [f"q{c}{i},a{c}{i},{c}" for c, n in (("A", 40), ("B", 20), ("C", 10)) for i in range(n)]
     (project / "cat.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     jsonl(project / "eval.jsonl", [{"prompt": "qe", "completion": "ae"}])
-    return spec_file(project, {"a": {"path": "cat.csv", "where": {"category": "A"}},
-                               "bc": {"path": "cat.csv", "where": {"category": ["B", "C"]}}}, {"path": "eval.jsonl"})
+    return spec_file(
+        project,
+        {"a": {"path": "cat.csv", "where": {"category": "A"}}, "bc": {"path": "cat.csv", "where": {"category": ["B", "C"]}}},
+        {"path": "eval.jsonl"},
+    )
 
 
 def choices(**over):
@@ -82,14 +94,17 @@ def choices(**over):
     return base
 
 
-@pytest.mark.parametrize(("over", "expected"), [
-    ({}, {"a": 40, "bc": 30}),                         # weights 1: every row once
-    ({"a__fraction": 0.5}, {"a": 20, "bc": 30}),       # half of a, subsampled
-    ({"a__max_rows": 10}, {"a": 10, "bc": 30}),
-    ({"bc__weight": 0.5}, {"a": 51, "bc": 19}),        # 70 rows; bc's share 30*0.5/(40+15)
-    ({"a__include": False}, {"a": 0, "bc": 30}),
-    ({"bc__weight": 0.0}, {"a": 40, "bc": 0}),
-])
+@pytest.mark.parametrize(
+    ("over", "expected"),
+    [
+        ({}, {"a": 40, "bc": 30}),  # weights 1: every row once
+        ({"a__fraction": 0.5}, {"a": 20, "bc": 30}),  # half of a, subsampled
+        ({"a__max_rows": 10}, {"a": 10, "bc": 30}),
+        ({"bc__weight": 0.5}, {"a": 51, "bc": 19}),  # 70 rows; bc's share 30*0.5/(40+15)
+        ({"a__include": False}, {"a": 0, "bc": 30}),
+        ({"bc__weight": 0.0}, {"a": 40, "bc": 0}),
+    ],
+)
 def test_filters_weights_fractions_give_expected_counts(categories, over, expected):
     prepared = data.prepare(spec_mod.load(categories))
     assert {n: len(r) for n, r in prepared.slices.items()} == {"a": 40, "bc": 30}
@@ -133,19 +148,25 @@ def test_fingerprints_ignore_order_and_see_one_changed_row(project):
     assert prints(changed)["slice.d"] != base["slice.d"] and prints(changed)["eval"] == base["eval"]
 
 
-@pytest.mark.parametrize(("setup", "message"), [
-    (lambda p: (p / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a",\n'), "d.jsonl:2: not valid JSON"),
-    (lambda p: (p / "d.csv").write_text("question,reply\nq,a\n"), "cannot tell the format from columns ['question', 'reply']"),
-    (lambda p: (p / "d.csv").write_text("instruction,category\nq,A\n"), "format prompt_completion needs a 'completion' column"),
-    (lambda p: (p / "d.csv").write_text("prompt,completion\nq,a\n"), "filter column 'category' not in the data"),
-    (lambda p: None, "'hf_org/some-dataset' is no local file, and as a Hugging Face dataset it needs the hub"),
-])
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda p: (p / "d.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a",\n'), "d.jsonl:2: not valid JSON"),
+        (lambda p: (p / "d.csv").write_text("question,reply\nq,a\n"), "cannot tell the format from columns ['question', 'reply']"),
+        (lambda p: (p / "d.csv").write_text("instruction,category\nq,A\n"), "format prompt_completion needs a 'completion' column"),
+        (lambda p: (p / "d.csv").write_text("prompt,completion\nq,a\n"), "filter column 'category' not in the data"),
+        (lambda p: None, "'hf_org/some-dataset' is no local file, and as a Hugging Face dataset it needs the hub"),
+    ],
+)
 def test_bad_sources_are_one_line_errors(project, cli, setup, message):
     setup(project)
     jsonl(project / "eval.jsonl", [{"prompt": "qe", "completion": "ae"}])
     name = next((p.name for p in project.iterdir() if p.name.startswith("d.")), "hf_org/some-dataset")
-    slice_ = {"path": name, **({"where": {"category": "A"}} if "filter" in message else {}),
-              **({"format": "prompt_completion"} if "needs a" in message else {})}
+    slice_ = {
+        "path": name,
+        **({"where": {"category": "A"}} if "filter" in message else {}),
+        **({"format": "prompt_completion"} if "needs a" in message else {}),
+    }
     path = spec_file(project, {"d": slice_}, {"path": "eval.jsonl"})
     for command in ("check", "sweep"):
         code, _, err = cli(command, path, *(["--no-progress"] if command == "sweep" else []))

@@ -9,8 +9,11 @@ import torch.multiprocessing as mp
 
 from afina import distributed
 
-SPACE = {"train.learning_rate": {"float": [1e-5, 1e-2], "log": True}, "lora.r": {"int": [2, 64]},
-         "slices.poesia.include": {"categorical": [True, False]}}
+SPACE = {
+    "train.learning_rate": {"float": [1e-5, 1e-2], "log": True},
+    "lora.r": {"int": [2, 64]},
+    "slices.poesia.include": {"categorical": [True, False]},
+}
 
 
 def _rank(rank: int, port: int, queue) -> None:
@@ -75,11 +78,27 @@ def test_sweep_under_torchrun_trains_every_trial_on_both_ranks(project):
     from conftest import tiny_spec, write_spec
     from stores import free_port
 
-    spec = tiny_spec(search={"n_trials": 3, "pruner": "median", "pruner_args": {"n_startup_trials": 1, "n_warmup_steps": 0}},
-                     train={"max_steps": 4, "eval_steps": 1})
+    spec = tiny_spec(
+        search={"n_trials": 3, "pruner": "median", "pruner_args": {"n_startup_trials": 1, "n_warmup_steps": 0}},
+        train={"max_steps": 4, "eval_steps": 1},
+    )
     path = write_spec(project, spec)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "-m", "afina", "sweep", str(path), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "afina",
+        "sweep",
+        str(path),
+        "--no-progress",
+    ]
     out = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 

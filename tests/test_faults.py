@@ -29,6 +29,7 @@ from stores import PG, free_port, pg_ok, sweep, wait_for
 @pytest.fixture(scope="module")
 def not_mlflow():
     """An HTTP server that is not MLflow (answers 501 to POST)."""
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
             pass
@@ -82,8 +83,10 @@ def write(project: Path, name: str, text: str | bytes) -> str:
 
 
 def slices(path) -> dict:
-    return {"data": {"slices": {"faq": {"path": path}}, "eval": {"path": str(TIENDA / "eval.jsonl"), "max_rows": 8}},
-            "search": {"space": {"train.learning_rate": {"float": [1e-4, 1e-2], "log": True}}}}
+    return {
+        "data": {"slices": {"faq": {"path": path}}, "eval": {"path": str(TIENDA / "eval.jsonl"), "max_rows": 8}},
+        "search": {"space": {"train.learning_rate": {"float": [1e-4, 1e-2], "log": True}}},
+    }
 
 
 def tracking(**kw) -> dict:
@@ -104,15 +107,35 @@ CASES = [
     ("optuna-missing-driver", lambda p, h: tracking(optuna_storage="mysql+pymysql://u@127.0.0.1:1/db"), r"driver is not installed", False),
     ("optuna-bad-port", lambda p, h: tracking(optuna_storage="postgresql://u@127.0.0.1:notaport/db"), r"optuna_storage .*unusable", False),
     ("optuna-unknown-host", lambda p, h: tracking(optuna_storage="postgresql://u@no-such-host.invalid:5432/db"), r"unusable", False),
-    ("optuna-sqlite-is-dir", lambda p, h: (p / "adir").mkdir() or tracking(optuna_storage=f"sqlite:///{p / 'adir'}"), r"optuna_storage .*unusable", False),
-    ("optuna-sqlite-not-db", lambda p, h: tracking(optuna_storage=f"sqlite:///{write(p, 'x.db', 'not a database' * 100)}"), r"not a database", False),
-    ("optuna-sqlite-under-file", lambda p, h: tracking(optuna_storage=f"sqlite:///{write(p, 'f', 'x')}/sub/o.db"), r"is a file, not a folder", False),
+    (
+        "optuna-sqlite-is-dir",
+        lambda p, h: (p / "adir").mkdir() or tracking(optuna_storage=f"sqlite:///{p / 'adir'}"),
+        r"optuna_storage .*unusable",
+        False,
+    ),
+    (
+        "optuna-sqlite-not-db",
+        lambda p, h: tracking(optuna_storage=f"sqlite:///{write(p, 'x.db', 'not a database' * 100)}"),
+        r"not a database",
+        False,
+    ),
+    (
+        "optuna-sqlite-under-file",
+        lambda p, h: tracking(optuna_storage=f"sqlite:///{write(p, 'f', 'x')}/sub/o.db"),
+        r"is a file, not a folder",
+        False,
+    ),
     ("mlflow-http-refused", lambda p, h: tracking(mlflow_uri="http://127.0.0.1:1"), r"mlflow_uri .*unreachable", False),
     ("mlflow-http-not-mlflow", lambda p, h: tracking(mlflow_uri=h), r"does not answer like an MLflow server", False),
     ("mlflow-bad-scheme", lambda p, h: tracking(mlflow_uri="ftp://host/x"), r"unsupported scheme 'ftp'", False),
     ("mlflow-pg-refused", lambda p, h: tracking(mlflow_uri=PG_DOWN), r"mlflow_uri .*unusable", False),
     ("mlflow-pg-unknown-db", lambda p, h: tracking(mlflow_uri=PG_NO_DB), r"mlflow_uri .*does not exist", True),
-    ("mlflow-sqlite-not-db", lambda p, h: tracking(mlflow_uri=f"sqlite:///{write(p, 'm.db', 'garbage' * 100)}"), r"mlflow_uri .*not a database", False),
+    (
+        "mlflow-sqlite-not-db",
+        lambda p, h: tracking(mlflow_uri=f"sqlite:///{write(p, 'm.db', 'garbage' * 100)}"),
+        r"mlflow_uri .*not a database",
+        False,
+    ),
     ("artifact-root-under-file", lambda p, h: tracking(artifact_root=f"{write(p, 'g', 'x')}/arts"), r"artifact_root.*is a file", False),
     ("checkpoint-dir-under-file", lambda p, h: tracking(checkpoint_dir=f"{write(p, 'h', 'x')}/ck"), r"checkpoint_dir.*is a file", False),
     ("data-missing", lambda p, h: slices(str(p / "nope.jsonl")), r"nope\.jsonl", False),
@@ -121,12 +144,29 @@ CASES = [
     ("data-binary", lambda p, h: slices(write(p, "bin.jsonl", bytes(range(256)) * 8)), r"bin\.jsonl", False),
     ("data-csv-no-columns", lambda p, h: slices(write(p, "t.csv", "a,b\n1,2\n")), r"t\.csv", False),
     ("data-dir-without-files", lambda p, h: (p / "ddir").mkdir() or slices(str(p / "ddir")), r"ddir", False),
-    ("eval-missing", lambda p, h: {**slices(str(TIENDA / "faq.jsonl")), "data": {"slices": {"faq": {"path": str(TIENDA / "faq.jsonl")}},
-                                                                               "eval": {"path": str(p / "ev.jsonl")}}}, r"ev\.jsonl", False),
+    (
+        "eval-missing",
+        lambda p, h: {
+            **slices(str(TIENDA / "faq.jsonl")),
+            "data": {"slices": {"faq": {"path": str(TIENDA / "faq.jsonl")}}, "eval": {"path": str(p / "ev.jsonl")}},
+        },
+        r"ev\.jsonl",
+        False,
+    ),
     ("samples-missing", lambda p, h: {"samples": {"path": str(p / "prompts.jsonl")}}, r"prompts\.jsonl", False),
     ("model-missing-dir", lambda p, h: {"model": {"ref": str(p / "no-model")}}, r"model\.ref", False),
-    ("model-no-weights", lambda p, h: (p / "m1").mkdir() or write(p, "m1/config.json", "{}") and {"model": {"ref": str(p / "m1")}}, r"m1", False),
-    ("model-bad-config", lambda p, h: (model_copy(p, "m2") / "config.json").write_text("{oops") and {"model": {"ref": str(p / "m2")}}, r"m2", False),
+    (
+        "model-no-weights",
+        lambda p, h: (p / "m1").mkdir() or write(p, "m1/config.json", "{}") and {"model": {"ref": str(p / "m1")}},
+        r"m1",
+        False,
+    ),
+    (
+        "model-bad-config",
+        lambda p, h: (model_copy(p, "m2") / "config.json").write_text("{oops") and {"model": {"ref": str(p / "m2")}},
+        r"m2",
+        False,
+    ),
     ("model-hub-offline", lambda p, h: {"model": {"ref": "someorg/not-cached-model"}}, r"not in the local Hugging Face cache", False),
     ("model-pickle-only", lambda p, h: {"model": {"ref": str(pickle_only(p))}}, r"never unpickles", False),
 ]
@@ -163,8 +203,12 @@ def tmpfs(project):
 @pytest.mark.parametrize("where", ["optuna", "mlflow", "artifacts", "checkpoints"])
 def test_read_only_folder(where, project, cli, tmpfs):
     ro = tmpfs("ro", "ro,size=1m")
-    track = {"optuna": {"optuna_storage": f"sqlite:///{ro}/o.db"}, "mlflow": {"mlflow_uri": f"sqlite:///{ro}/m.db"},
-             "artifacts": {"artifact_root": str(ro / "arts")}, "checkpoints": {"checkpoint_dir": str(ro / "ck")}}[where]
+    track = {
+        "optuna": {"optuna_storage": f"sqlite:///{ro}/o.db"},
+        "mlflow": {"mlflow_uri": f"sqlite:///{ro}/m.db"},
+        "artifacts": {"artifact_root": str(ro / "arts")},
+        "checkpoints": {"checkpoint_dir": str(ro / "ck")},
+    }[where]
     path = write_spec(project, tiny_spec(tracking=track))
     code, _, err = cli("sweep", path, "--no-progress")
     assert code == 2 and "not writable" in err and len(err.strip().splitlines()) == 1, err
@@ -208,8 +252,9 @@ def test_remote_code_never_runs_unless_the_spec_says(project, cli):
 
 def test_graceful_stop_resumes_and_second_ctrl_c_stops_at_once(project, cli):
     """SIGTERM checkpoints and stops; the next sweep resumes that trial from the checkpoint; two Ctrl-C stop at once."""
-    path = write_spec(project, tiny_spec(search={"n_trials": 2, "heartbeat": 2}, train={"max_steps": 45, "eval_steps": 15},
-                                         samples={"prompts": []}))
+    path = write_spec(
+        project, tiny_spec(search={"n_trials": 2, "heartbeat": 2}, train={"max_steps": 45, "eval_steps": 15}, samples={"prompts": []})
+    )
     ckpts = project / "mlruns" / "checkpoints" / "tiny"
     study = lambda: optuna.load_study(study_name="tiny", storage=f"sqlite:///{project}/mlruns/optuna.db")  # noqa: E731
 
@@ -230,6 +275,7 @@ def test_graceful_stop_resumes_and_second_ctrl_c_stops_at_once(project, cli):
                 return False
             finally:
                 con.close()
+
         return check
 
     log = project / "run1.log"
@@ -277,12 +323,19 @@ def test_secret_params_and_reasons_are_masked(tmp_path):
     assert "pw123" not in str(r.data.params) + str(r.data.tags) and "u:***@h" in r.data.params["store"]
 
 
-@pytest.mark.parametrize(("args", "match"), [
-    (["--backend-store-uri", "mongodb://h/x"], "use postgresql://"),
-    (["--backend-store-uri", "postgresql://postgres:hunter2-pw@127.0.0.1:1/x"], r"backend_store_uri 'postgresql://postgres:\*\*\*@127.0.0.1:1/x' is unusable"),
-    (["--backend-store-uri", "sqlite:///s.db", "--auth"], "MLFLOW_AUTH_ADMIN_PASSWORD"),
-    (["--backend-store-uri", "sqlite:///s.db", "--port", "70000"], "--port 70000"),
-], ids=["scheme", "unreachable", "auth-without-admin", "port"])
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--backend-store-uri", "mongodb://h/x"], "use postgresql://"),
+        (
+            ["--backend-store-uri", "postgresql://postgres:hunter2-pw@127.0.0.1:1/x"],
+            r"backend_store_uri 'postgresql://postgres:\*\*\*@127.0.0.1:1/x' is unusable",
+        ),
+        (["--backend-store-uri", "sqlite:///s.db", "--auth"], "MLFLOW_AUTH_ADMIN_PASSWORD"),
+        (["--backend-store-uri", "sqlite:///s.db", "--port", "70000"], "--port 70000"),
+    ],
+    ids=["scheme", "unreachable", "auth-without-admin", "port"],
+)
 def test_server_bad_input(args, match, project, cli, monkeypatch):
     monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
     monkeypatch.delenv("MLFLOW_AUTH_CONFIG_PATH", raising=False)
@@ -297,15 +350,31 @@ def test_disk_full_mid_trial_fails_that_trial_only(project, cli, tmpfs):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     tok = AutoTokenizer.from_pretrained(models.resolve("tiny-random"))
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=4, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     big = project / "big"
     AutoModelForCausalLM.from_config(config).save_pretrained(big)  # about 8 MB: its full checkpoint cannot fit in 2 MB
     tok.save_pretrained(big)
     full = tmpfs("full", "size=2m")
-    path = write_spec(project, tiny_spec(model={"ref": str(big), "method": "full"}, search={"n_trials": 2},
-                                         tracking={"checkpoint_dir": str(full / "ck")}, samples={"prompts": []}))
+    path = write_spec(
+        project,
+        tiny_spec(
+            model={"ref": str(big), "method": "full"},
+            search={"n_trials": 2},
+            tracking={"checkpoint_dir": str(full / "ck")},
+            samples={"prompts": []},
+        ),
+    )
     code, out, err = cli("sweep", path, "--no-progress")
     assert code == 0, err
     study = optuna.load_study(study_name="tiny", storage="sqlite:///mlruns/optuna.db")
@@ -338,10 +407,27 @@ def password_pg():
     shutil.chown(root / "pw", "postgres")
     as_pg = ["runuser", "-u", "postgres", "--"]
     port = free_port()
-    subprocess.run([*as_pg, str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=scram-sha-256",
-                    f"--pwfile={root / 'pw'}"], check=True, capture_output=True)
-    subprocess.run([*as_pg, str(bin_dir / "pg_ctl"), "-D", str(root / "data"), "-w", "-l", str(root / "log"), "-o",
-                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_pg, str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=scram-sha-256", f"--pwfile={root / 'pw'}"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_pg,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(root / "data"),
+            "-w",
+            "-l",
+            str(root / "log"),
+            "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     yield f"postgresql://postgres:{{}}@127.0.0.1:{port}/postgres"
     subprocess.run([*as_pg, str(bin_dir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"], capture_output=True)
     shutil.rmtree(root, ignore_errors=True)

@@ -52,8 +52,10 @@ def test_init_writes_a_spec_that_loads_and_checks(tickets, cli, project):
 
 
 def test_init_on_chats_without_a_category_makes_one_slice(project, cli):
-    rows = [{"messages": [{"role": "user", "content": f"pregunta {i}"}, {"role": "assistant", "content": f"respuesta número {i}"}]}
-            for i in range(20)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"pregunta {i}"}, {"role": "assistant", "content": f"respuesta número {i}"}]}
+        for i in range(20)
+    ]
     (project / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     code, _, err = cli("init", project / "chats.jsonl", "--model", "tiny-random", "--name", "mine")
     assert code == 0, err

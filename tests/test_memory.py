@@ -45,9 +45,9 @@ def test_reuse_gives_identical_results(afina_cache, tmp_path):
     models._PRISTINE.clear()
     data._TOKENS.clear()
     fresh = bench.afina(lr=3e-3, reuse=False)
-    cold = bench.afina(lr=3e-3, reuse=True)   # loads the base, tokenizes, writes the disk cache
+    cold = bench.afina(lr=3e-3, reuse=True)  # loads the base, tokenizes, writes the disk cache
     data._TOKENS.clear()
-    disk = bench.afina(lr=3e-3, reuse=True)   # tokens read back from the disk cache, base from memory
+    disk = bench.afina(lr=3e-3, reuse=True)  # tokens read back from the disk cache, base from memory
     assert fresh["eval_loss"] == cold["eval_loss"] == disk["eval_loss"]
     assert fresh["tokens"] == cold["tokens"] == disk["tokens"]
     assert list((Path(afina_cache) / "tokens").iterdir()), "the token cache was not written to disk"
@@ -70,7 +70,7 @@ def test_lora_trials_share_the_base_weights_and_never_write_them(afina_cache, tm
     bench = common.Bench("tiny-random", 2, tmp_path, batch=4, max_length=64, eval_steps=1)
     models._PRISTINE.clear()
     _, copy_ = models.fresh(bench.model_dir, share_weights=True)
-    (base_tok, base), = models._PRISTINE.values()
+    ((base_tok, base),) = models._PRISTINE.values()
     before = _weights(base)
     for (name, p), (_, q) in zip(base.named_parameters(), copy_.named_parameters(), strict=True):
         assert p is not q and p.data_ptr() == q.data_ptr(), name
@@ -79,7 +79,7 @@ def test_lora_trials_share_the_base_weights_and_never_write_them(afina_cache, tm
     bench.spec.lora["init_lora_weights"] = "olora"
     with contextlib.suppress(optuna.TrialPruned):  # the bench's pruner may stop it after its first step
         bench.afina(lr=3e-2)
-    (_, after_model), = models._PRISTINE.values()
+    ((_, after_model),) = models._PRISTINE.values()
     assert after_model is base
     for k, v in _weights(base).items():
         assert torch.equal(v, before[k]), f"a trial wrote the pristine base's {k}"

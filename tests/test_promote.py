@@ -165,11 +165,32 @@ def test_merge_export_generate_serve(project, cli):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # MLflow starts the scoring server as `uvicorn` from PATH: the environment's bin folder, as when it is activated.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/tiny@champion",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_REGISTRY_URI": uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            "models:/tiny@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         body = json.dumps({"inputs": ["hola", "¿Puedo devolver?"], "params": {"max_new_tokens": 5}}).encode()
         for _ in range(240):
@@ -220,8 +241,11 @@ def test_bad_input_exits_2_and_leaves_registry_alone(project, cli):
 
     dist = {"train.learning_rate": FloatDistribution(1e-4, 1e-2, log=True)}
     empty_run = c.create_run(exp).info.run_id  # a real run without a checkpoint artifact
-    study.add_trial(optuna.trial.create_trial(params={"train.learning_rate": 1e-3}, distributions=dist, value=1.0,
-                                              user_attrs={"mlflow_run_id": empty_run}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"train.learning_rate": 1e-3}, distributions=dist, value=1.0, user_attrs={"mlflow_run_id": empty_run}
+        )
+    )
     code, _, err = cli("promote", path)
     assert code == 2 and "no checkpoint/ artifact" in err
     study.add_trial(optuna.trial.create_trial(params={"train.learning_rate": 1e-3}, distributions=dist, value=0.5))

@@ -31,8 +31,15 @@ def stack(tmp_path_factory):
     server = start_server(ml_url, root / "artifacts", port, root / "server.log")
     # Trust auth ignores the password, so it can be real-looking: it must never show up anywhere.
     storage = opt_url.replace("postgres@", f"postgres:{SECRET}@")
-    s = {"root": root, "storage": storage, "uri": f"http://127.0.0.1:{port}", "port": port, "backend": ml_url,
-         "server": server, "log": root / "server.log"}
+    s = {
+        "root": root,
+        "storage": storage,
+        "uri": f"http://127.0.0.1:{port}",
+        "port": port,
+        "backend": ml_url,
+        "server": server,
+        "log": root / "server.log",
+    }
     yield s
     stop(s["server"])  # the outage test replaces it
     drop_database(opt_name)
@@ -40,9 +47,13 @@ def stack(tmp_path_factory):
 
 
 def spec_for(folder: Path, name: str, n_trials: int, heartbeat: int = 2, **train) -> Path:
-    spec = tiny_spec(name=name, search={"n_trials": n_trials, "heartbeat": heartbeat},
-                     train={"max_steps": 4, "eval_steps": 2, **train}, samples={"prompts": ["¿Puedo devolver un pedido?"]},
-                     tracking={"checkpoint_dir": str(folder / "checkpoints")})
+    spec = tiny_spec(
+        name=name,
+        search={"n_trials": n_trials, "heartbeat": heartbeat},
+        train={"max_steps": 4, "eval_steps": 2, **train},
+        samples={"prompts": ["¿Puedo devolver un pedido?"]},
+        tracking={"checkpoint_dir": str(folder / "checkpoints")},
+    )
     return write_spec(folder, spec, f"{name}.yaml")
 
 
@@ -148,8 +159,13 @@ def test_killed_worker_is_retried_from_its_checkpoint(stack, tmp_path):
 def test_mlflow_outage_mid_trial_is_kept_then_synced(stack, tmp_path, cli, monkeypatch):
     """The server dies during trial 0; trial 1 starts while it is down (an offline run); `afina sync` sends both."""
     path = spec_for(tmp_path, "outage", 2, max_steps=30, eval_steps=10)
-    env = {"AFINA_OPTUNA_STORAGE": stack["storage"], "AFINA_TRACKING_URI": stack["uri"],
-           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    env = {
+        "AFINA_OPTUNA_STORAGE": stack["storage"],
+        "AFINA_TRACKING_URI": stack["uri"],
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    }
     log = tmp_path / "worker.log"
     worker = sweep(path, tmp_path, log, **env)
     c = MlflowClient(stack["uri"])

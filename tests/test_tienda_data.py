@@ -1,4 +1,5 @@
 """The committed quickstart dataset must be exactly what experiments/data/make_tienda.py generates."""
+
 import json
 import runpy
 from pathlib import Path

@@ -44,16 +44,27 @@ class Report:
         return f"{len(self.errors)} errors, {len(self.warnings)} warnings"
 
     def to_json(self) -> str:
-        return json.dumps({"summary": self.summary(), "max_length": self.max_length, "slices": self.slices,
-                           "issues": [asdict(i) for i in self.issues]}, indent=2, ensure_ascii=False)
+        return json.dumps(
+            {"summary": self.summary(), "max_length": self.max_length, "slices": self.slices, "issues": [asdict(i) for i in self.issues]},
+            indent=2,
+            ensure_ascii=False,
+        )
 
     def to_markdown(self, per_kind: int = 50) -> str:
-        out = [f"# afina check: {self.summary()}", "", f"max_length: {self.max_length}", "",
-               "| slice | rows | tokens min | median | p95 | max | truncated | language |", "|---|---|---|---|---|---|---|---|"]
+        out = [
+            f"# afina check: {self.summary()}",
+            "",
+            f"max_length: {self.max_length}",
+            "",
+            "| slice | rows | tokens min | median | p95 | max | truncated | language |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for name, s in self.slices.items():
             t = s.get("tokens") or {}
-            out.append(f"| {name} | {s['rows']} | {t.get('min', '')} | {t.get('median', '')} | {t.get('p95', '')} | {t.get('max', '')} "
-                       f"| {s.get('truncated', '')} | {s.get('language', '')} |")
+            out.append(
+                f"| {name} | {s['rows']} | {t.get('min', '')} | {t.get('median', '')} | {t.get('p95', '')} | {t.get('max', '')} "
+                f"| {s.get('truncated', '')} | {s.get('language', '')} |"
+            )
         for kind, items in _by_kind(self.issues).items():
             out += ["", f"## {items[0].level}: {kind} ({len(items)})", "", "| where | field | problem |", "|---|---|---|"]
             out += [f"| {i.where} | {i.field} | {i.message.replace('|', '/')} |" for i in items[:per_kind]]
@@ -67,7 +78,15 @@ def run(spec, prepared: data.Prepared, tokenizer=None) -> Report:
     report = Report(issues=list(prepared.issues), max_length=_max_length(spec))
     add = report.issues.append
     if not any(_can_include(spec, n) for n in spec.data.slices):
-        add(Issue("error", "data.slices", "include", "every slice is excluded or has weight 0 and none is searched; nothing would train", "slice"))
+        add(
+            Issue(
+                "error",
+                "data.slices",
+                "include",
+                "every slice is excluded or has weight 0 and none is searched; nothing would train",
+                "slice",
+            )
+        )
     sets = {**prepared.slices, "eval": prepared.eval}
     if spec.promote.path:
         sets["promote"] = data.load_rows(spec, spec.promote.path, "promote")
@@ -126,7 +145,15 @@ def _row(row: Row, add) -> None:
     if "assistant" not in roles:
         add(Issue("error", row.origin, "messages", "no assistant turn: nothing to learn", "role-order"))
     elif roles[-1] != "assistant":
-        add(Issue("warning", row.origin, f"messages[{len(roles) - 1}].role", f"ends with a {roles[-1]} turn, which the model learns to write", "role-order"))
+        add(
+            Issue(
+                "warning",
+                row.origin,
+                f"messages[{len(roles) - 1}].role",
+                f"ends with a {roles[-1]} turn, which the model learns to write",
+                "role-order",
+            )
+        )
 
 
 def normal(text: str) -> str:
@@ -154,8 +181,15 @@ def _duplicates(train: list[Row], add) -> None:
             continue
         first = near.setdefault(_conversation(row), row)
         if first is not row:
-            add(Issue("warning", row.origin, "messages", f"near duplicate of {first.origin} (same text up to case, accents, punctuation)",
-                      "near-duplicate"))
+            add(
+                Issue(
+                    "warning",
+                    row.origin,
+                    "messages",
+                    f"near duplicate of {first.origin} (same text up to case, accents, punctuation)",
+                    "near-duplicate",
+                )
+            )
 
 
 def _leakage(train: list[Row], held: list[Row], name: str, add) -> None:
@@ -164,11 +198,25 @@ def _leakage(train: list[Row], held: list[Row], name: str, add) -> None:
     for row in held:
         hit = conversations.get(_conversation(row))
         if hit is not None:
-            add(Issue("error", row.origin, "messages", f"{name} row is also a training row ({hit.origin}); the {name} score would reward memorising it",
-                      "leakage"))
+            add(
+                Issue(
+                    "error",
+                    row.origin,
+                    "messages",
+                    f"{name} row is also a training row ({hit.origin}); the {name} score would reward memorising it",
+                    "leakage",
+                )
+            )
         elif _prompt(row) and (hit := prompts.get(_prompt(row))) is not None:
-            add(Issue("warning", row.origin, _where(row, 0 if row.messages[0]["role"] != "system" else 1),
-                      f"{name} prompt also appears in training ({hit.origin})", "leakage"))
+            add(
+                Issue(
+                    "warning",
+                    row.origin,
+                    _where(row, 0 if row.messages[0]["role"] != "system" else 1),
+                    f"{name} prompt also appears in training ({hit.origin})",
+                    "leakage",
+                )
+            )
 
 
 def _balance(spec, prepared: data.Prepared, add) -> None:
@@ -181,8 +229,15 @@ def _balance(spec, prepared: data.Prepared, add) -> None:
         big = max(sizes, key=sizes.get)
         for name, n in sizes.items():
             if n and sizes[big] >= IMBALANCE * n:
-                add(Issue("warning", f"slice {name}", "where", f"{n} rows against {sizes[big]} in slice {big} (same column {column!r}); "
-                          f"its weight decides how often it is seen", "balance"))
+                add(
+                    Issue(
+                        "warning",
+                        f"slice {name}",
+                        "where",
+                        f"{n} rows against {sizes[big]} in slice {big} (same column {column!r}); its weight decides how often it is seen",
+                        "balance",
+                    )
+                )
 
 
 def _language(name: str, declared: str, rows: list[Row], add) -> str:
@@ -190,8 +245,15 @@ def _language(name: str, declared: str, rows: list[Row], add) -> str:
     share, other = language.share(texts, declared)
     if share < LANGUAGE_SHARE:
         where = ", ".join(rows[i].origin for i in other[:5])
-        add(Issue("warning", f"slice {name}", "language", f"declared {declared!r}, but {len(other)} of its rows look like another language "
-                  f"(e.g. {where})", "language"))
+        add(
+            Issue(
+                "warning",
+                f"slice {name}",
+                "language",
+                f"declared {declared!r}, but {len(other)} of its rows look like another language (e.g. {where})",
+                "language",
+            )
+        )
     return f"{declared} {share:.0%}"
 
 
@@ -200,29 +262,42 @@ def _lengths(sets: dict[str, list[Row]], tokenizer, report: Report) -> None:
     try:
         lengths = {name: _tokens(rows, tokenizer) for name, rows in sets.items()}
     except ValueError as e:  # no chat template: TRL would fail the same way
-        report.issues.append(Issue("error", "model.ref", "chat_template", f"the tokenizer cannot render chats ({e}); pick a chat model", "model"))
+        report.issues.append(
+            Issue("error", "model.ref", "chat_template", f"the tokenizer cannot render chats ({e}); pick a chat model", "model")
+        )
         return
     top = report.longest = max((max(v) for v in lengths.values() if v), default=1)
     for name, counts in lengths.items():
         if not counts:
             continue
         ordered = sorted(counts)
-        report.slices[name]["tokens"] = {"min": ordered[0], "median": int(statistics.median(ordered)),
-                                         "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], "max": ordered[-1]}
+        report.slices[name]["tokens"] = {
+            "min": ordered[0],
+            "median": int(statistics.median(ordered)),
+            "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+            "max": ordered[-1],
+        }
         report.slices[name]["histogram"] = _histogram(counts, top)
         if limit:
             long = [(r, n) for r, n in zip(sets[name], counts, strict=True) if n > limit]
             report.slices[name]["truncated"] = len(long)
             for row, n in long:
-                report.issues.append(Issue("warning", row.origin, "messages", f"{n} tokens after the chat template; truncated to max_length {limit}",
-                                           "too-long"))
+                report.issues.append(
+                    Issue(
+                        "warning",
+                        row.origin,
+                        "messages",
+                        f"{n} tokens after the chat template; truncated to max_length {limit}",
+                        "too-long",
+                    )
+                )
 
 
 def _tokens(rows: list[Row], tokenizer) -> list[int]:
     """Token count per row as SFTTrainer sees it: the chat template applied, then tokenized."""
     out: list[int] = []
     for i in range(0, len(rows), 512):
-        batch = tokenizer.apply_chat_template([r.messages for r in rows[i:i + 512]], tokenize=True)
+        batch = tokenizer.apply_chat_template([r.messages for r in rows[i : i + 512]], tokenize=True)
         out += [len(ids) for ids in batch["input_ids"]]
     return out
 
@@ -253,12 +328,20 @@ def render(report: Report, console, per_kind: int = 5, table: bool = True) -> No
     if table:
         lang = any("language" in s for s in report.slices.values())
         t = Table(title=f"tokens per row after the chat template · max_length {report.max_length}", title_justify="left")
-        for j, col in enumerate(("slice", "rows", "min", "median", "p95", "max", "cut", f"0…{report.longest}", *(["language"] if lang else []))):
+        for j, col in enumerate(
+            ("slice", "rows", "min", "median", "p95", "max", "cut", f"0…{report.longest}", *(["language"] if lang else []))
+        ):
             t.add_column(col, justify="left" if j in (0, 7, 8) else "right", no_wrap=True)
         for name, s in report.slices.items():
             tok = s.get("tokens") or {}
-            t.add_row(name, str(s["rows"]), *(str(tok.get(k, "")) for k in ("min", "median", "p95", "max")), str(s.get("truncated", "")),
-                      _bars(s["histogram"]) if "histogram" in s else "", *([s.get("language", "")] if lang else []))
+            t.add_row(
+                name,
+                str(s["rows"]),
+                *(str(tok.get(k, "")) for k in ("min", "median", "p95", "max")),
+                str(s.get("truncated", "")),
+                _bars(s["histogram"]) if "histogram" in s else "",
+                *([s.get("language", "")] if lang else []),
+            )
         console.print(t)
     for kind, items in _by_kind(report.issues).items():
         style = "red" if items[0].level == "error" else "yellow"

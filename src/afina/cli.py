@@ -12,8 +12,13 @@ import typer
 from afina.errors import UserError
 
 # rich_markup_mode=None: plain click help, so `afina --help` never imports rich (a third of its start-up)
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="Iterative fine-tuning sweeps for small LLMs: Optuna searches, TRL trains, MLflow remembers.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Iterative fine-tuning sweeps for small LLMs: Optuna searches, TRL trains, MLflow remembers.",
+)
 
 SpecArg = Annotated[Path, typer.Argument(help="Experiment spec (YAML), e.g. experiments/quickstart.yaml")]
 StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (overrides the spec and AFINA_OPTUNA_STORAGE)")]
@@ -22,9 +27,15 @@ TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow 
 
 def _offline_defaults() -> None:
     # afina works offline and sends nothing home unless the user turns it back on.
-    for key, value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-                       "DO_NOT_TRACK": "true", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
-                       "MLFLOW_ENABLE_ASYNC_LOGGING": "true"}.items():
+    for key, value in {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "MLFLOW_ENABLE_ASYNC_LOGGING": "true",
+    }.items():
         os.environ.setdefault(key, value)
 
 
@@ -44,9 +55,13 @@ def _console():
 
 
 @app.command()
-def sweep(spec: SpecArg, storage: StorageOpt = None, tracking_uri: TrackingOpt = None,
-          n_trials: Annotated[int | None, typer.Option(help="Override search.n_trials (the study's total)")] = None,
-          progress: Annotated[bool, typer.Option(help="Show the live progress display")] = True):
+def sweep(
+    spec: SpecArg,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    n_trials: Annotated[int | None, typer.Option(help="Override search.n_trials (the study's total)")] = None,
+    progress: Annotated[bool, typer.Option(help="Show the live progress display")] = True,
+):
     """Run the spec's sweep, or resume it up to search.n_trials trials in total."""
     from afina import sweep as sweep_mod
 
@@ -74,9 +89,13 @@ def status(spec: SpecArg, storage: StorageOpt = None):
 
 
 @app.command()
-def compare(spec: SpecArg, storage: StorageOpt = None, tracking_uri: TrackingOpt = None,
-            top: Annotated[int, typer.Option("--top", help="How many of the best completed trials")] = 3,
-            judge: Annotated[bool, typer.Option("--judge", help="Also ask evaluate.judge for head-to-head verdicts vs the base")] = False):
+def compare(
+    spec: SpecArg,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    top: Annotated[int, typer.Option("--top", help="How many of the best completed trials")] = 3,
+    judge: Annotated[bool, typer.Option("--judge", help="Also ask evaluate.judge for head-to-head verdicts vs the base")] = False,
+):
     """The same prompts answered by the base model, the top-K trials and @champion, side by side."""
     from afina import compare as compare_mod
 
@@ -84,10 +103,12 @@ def compare(spec: SpecArg, storage: StorageOpt = None, tracking_uri: TrackingOpt
 
 
 @app.command()
-def ui(port: Annotated[int, typer.Option(help="Port to listen on")] = 5000,
-       host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless a proxy guards it")] = "127.0.0.1",
-       tracking_uri: TrackingOpt = None,
-       artifact_root: Annotated[str, typer.Option(help="Artifact folder of a local store")] = "mlruns/artifacts"):
+def ui(
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless a proxy guards it")] = "127.0.0.1",
+    tracking_uri: TrackingOpt = None,
+    artifact_root: Annotated[str, typer.Option(help="Artifact folder of a local store")] = "mlruns/artifacts",
+):
     """Open the MLflow UI on the project's store (mlruns/)."""
     import subprocess
 
@@ -112,10 +133,14 @@ def _tracking_uri(uri: str | None) -> str:
 
 
 @app.command()
-def promote(spec: SpecArg, storage: StorageOpt = None, tracking_uri: TrackingOpt = None,
-            trial: Annotated[int | None, typer.Option("--trial", help="Promote this trial instead of the best COMPLETE one")] = None,
-            merge: Annotated[bool, typer.Option(help="Merge the LoRA adapter into the base weights before registering")] = False,
-            force: Annotated[bool, typer.Option(help="Move the alias even if the candidate does not beat the champion")] = False):
+def promote(
+    spec: SpecArg,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    trial: Annotated[int | None, typer.Option("--trial", help="Promote this trial instead of the best COMPLETE one")] = None,
+    merge: Annotated[bool, typer.Option(help="Merge the LoRA adapter into the base weights before registering")] = False,
+    force: Annotated[bool, typer.Option(help="Move the alias even if the candidate does not beat the champion")] = False,
+):
     """Register the best trial and move @champion if it beats the current one. Exit 1 when the gate refuses."""
     from afina import promote as promote_mod
 
@@ -124,12 +149,14 @@ def promote(spec: SpecArg, storage: StorageOpt = None, tracking_uri: TrackingOpt
 
 
 @app.command()
-def generate(model: ModelUriArg,
-             prompt: Annotated[str, typer.Argument(help="A prompt, or a .jsonl file of {prompt} rows (one JSON answer per line)")],
-             max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
-             temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy")] = 0.0,
-             system: Annotated[str | None, typer.Option(help="System prompt")] = None,
-             tracking_uri: TrackingOpt = None):
+def generate(
+    model: ModelUriArg,
+    prompt: Annotated[str, typer.Argument(help="A prompt, or a .jsonl file of {prompt} rows (one JSON answer per line)")],
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy")] = 0.0,
+    system: Annotated[str | None, typer.Option(help="System prompt")] = None,
+    tracking_uri: TrackingOpt = None,
+):
     """Answer a prompt (streamed) or a JSONL of prompts with a registered or exported model."""
     from afina import pyfunc
 
@@ -137,8 +164,11 @@ def generate(model: ModelUriArg,
 
 
 @app.command()
-def export(model: ModelUriArg, out: Annotated[Path, typer.Option("--out", help="New folder for the Hugging Face model")],
-           tracking_uri: TrackingOpt = None):
+def export(
+    model: ModelUriArg,
+    out: Annotated[Path, typer.Option("--out", help="New folder for the Hugging Face model")],
+    tracking_uri: TrackingOpt = None,
+):
     """Write a self-contained Hugging Face folder (LoRA merged) that loads with AutoModelForCausalLM."""
     from afina import export as export_mod
 
@@ -147,10 +177,12 @@ def export(model: ModelUriArg, out: Annotated[Path, typer.Option("--out", help="
 
 
 @app.command()
-def rollback(name: Annotated[str, typer.Argument(help="Registered model name (the spec's promote.model_name or name)")],
-             reason: Annotated[str, typer.Option(help="Why; recorded on both versions")] = "manual rollback",
-             alias: Annotated[str, typer.Option(help="The alias to move back")] = "champion",
-             tracking_uri: TrackingOpt = None):
+def rollback(
+    name: Annotated[str, typer.Argument(help="Registered model name (the spec's promote.model_name or name)")],
+    reason: Annotated[str, typer.Option(help="Why; recorded on both versions")] = "manual rollback",
+    alias: Annotated[str, typer.Option(help="The alias to move back")] = "champion",
+    tracking_uri: TrackingOpt = None,
+):
     """Point @champion back at the previous champion (a swap: the demoted version becomes @previous)."""
     from afina import promote as promote_mod
 
@@ -158,9 +190,11 @@ def rollback(name: Annotated[str, typer.Argument(help="Registered model name (th
 
 
 @app.command()
-def check(spec: SpecArg,
-          json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here")] = None,
-          markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write the report as markdown here")] = None):
+def check(
+    spec: SpecArg,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write the report as markdown here")] = None,
+):
     """Check the spec's data before training: schema, duplicates, leakage, lengths, slices. Exit 2 on errors."""
     from afina import check as check_mod
 
@@ -170,10 +204,12 @@ def check(spec: SpecArg,
 
 
 @app.command()
-def init(data_file: Annotated[Path, typer.Argument(help="Your examples: .jsonl, .json, .csv, .parquet or a save_to_disk folder")],
-         name: Annotated[str | None, typer.Option(help="Experiment name (default: the file's name)")] = None,
-         force: Annotated[bool, typer.Option(help="Overwrite an existing experiments/NAME.yaml")] = False,
-         model: Annotated[str, typer.Option(help="model.ref of the spec: embedded name, Hugging Face id or folder")] = "smollm2-135m"):
+def init(
+    data_file: Annotated[Path, typer.Argument(help="Your examples: .jsonl, .json, .csv, .parquet or a save_to_disk folder")],
+    name: Annotated[str | None, typer.Option(help="Experiment name (default: the file's name)")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing experiments/NAME.yaml")] = False,
+    model: Annotated[str, typer.Option(help="model.ref of the spec: embedded name, Hugging Face id or folder")] = "smollm2-135m",
+):
     """Write experiments/NAME.yaml for a data file (format, slices, eval split, search space), then check it."""
     from afina import init as init_mod
 
@@ -182,12 +218,16 @@ def init(data_file: Annotated[Path, typer.Argument(help="Your examples: .jsonl, 
 
 
 @app.command()
-def server(backend_store_uri: Annotated[str, typer.Option(help="Where runs live: postgresql://user:pass@host:5432/db")],
-           artifacts_destination: Annotated[str, typer.Option(help="Local folder or s3://bucket/prefix the server stores artifacts in")] = "mlartifacts",
-           host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless --auth and a TLS proxy guard it")] = "127.0.0.1",
-           port: Annotated[int, typer.Option(help="Port to listen on")] = 5000,
-           workers: Annotated[int, typer.Option(help="Server worker processes")] = 4,
-           auth: Annotated[bool, typer.Option(help="MLflow's basic-auth app: users and permissions (needs MLFLOW_AUTH_ADMIN_PASSWORD)")] = False):
+def server(
+    backend_store_uri: Annotated[str, typer.Option(help="Where runs live: postgresql://user:pass@host:5432/db")],
+    artifacts_destination: Annotated[
+        str, typer.Option(help="Local folder or s3://bucket/prefix the server stores artifacts in")
+    ] = "mlartifacts",
+    host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless --auth and a TLS proxy guard it")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 5000,
+    workers: Annotated[int, typer.Option(help="Server worker processes")] = 4,
+    auth: Annotated[bool, typer.Option(help="MLflow's basic-auth app: users and permissions (needs MLFLOW_AUTH_ADMIN_PASSWORD)")] = False,
+):
     """Run the MLflow tracking server that many `afina sweep` workers share (PostgreSQL runs, served artifacts)."""
     from afina import server as server_mod
 
@@ -211,8 +251,10 @@ def sync(spec: SpecArg, tracking_uri: TrackingOpt = None):
         from afina import sweep as sweep_mod
 
         sweep_mod.record_run_ids(sweep_mod.open_study(s, create=False), ids)
-    typer.echo(f"sent {sent} kept MLflow records to {tracking.redact(s.tracking.mlflow_uri)}"
-               + (f"; created {len(ids)} runs of trials that started while it was down" if ids else ""))
+    typer.echo(
+        f"sent {sent} kept MLflow records to {tracking.redact(s.tracking.mlflow_uri)}"
+        + (f"; created {len(ids)} runs of trials that started while it was down" if ids else "")
+    )
 
 
 def main() -> None:

@@ -91,7 +91,7 @@ def read(path: Path) -> list[dict[str, Any]]:
 
     datasets.disable_progress_bars()
     if str(path).startswith(HUB):
-        return _read_hub(str(path)[len(HUB):])
+        return _read_hub(str(path)[len(HUB) :])
     if path.is_dir():
         try:
             ds = datasets.load_from_disk(str(path))
@@ -119,8 +119,10 @@ def _read_hub(ref: str) -> list[dict[str, Any]]:
 
     name, _, split = ref.partition(":")
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        raise UserError(f"data source {name!r} is no local file, and as a Hugging Face dataset it needs the hub while HF_HUB_OFFLINE is set; "
-                        "fix the path, or run once with HF_HUB_OFFLINE=0, or save_to_disk it and point path at that folder")
+        raise UserError(
+            f"data source {name!r} is no local file, and as a Hugging Face dataset it needs the hub while HF_HUB_OFFLINE is set; "
+            "fix the path, or run once with HF_HUB_OFFLINE=0, or save_to_disk it and point path at that folder"
+        )
     try:
         return datasets.load_dataset(name, split=split or "train").to_list()
     except Exception as e:
@@ -147,22 +149,38 @@ def detect(names, fmt: str = "auto", columns: dict[str, str] | None = None, wher
     for target, source in columns.items():
         if source not in names:
             raise UserError(f"{where}: column {source!r} (mapped to {target}) not in the data; columns are {sorted(names)}")
-    col = {t: columns.get(t) or next((a for a in ALIASES.get(t, (t,)) if a in names), None) for t in ("messages", "prompt", "completion", "text")}
+    col = {
+        t: columns.get(t) or next((a for a in ALIASES.get(t, (t,)) if a in names), None)
+        for t in ("messages", "prompt", "completion", "text")
+    }
     if fmt == "auto":
-        fmt = "messages" if col["messages"] else "prompt_completion" if col["prompt"] and col["completion"] else "text" if col["text"] else ""
+        fmt = (
+            "messages" if col["messages"] else "prompt_completion" if col["prompt"] and col["completion"] else "text" if col["text"] else ""
+        )
         if not fmt:
-            raise UserError(f"{where}: cannot tell the format from columns {sorted(names)}; set format and columns, e.g. columns: {{prompt: question, completion: answer}}")
+            raise UserError(
+                f"{where}: cannot tell the format from columns {sorted(names)}; set format and columns, e.g. columns: {{prompt: question, completion: answer}}"
+            )
     need = {"messages": ["messages"], "prompt_completion": ["prompt", "completion"], "text": ["text"]}[fmt]
     for target in need:
         name = col[target] or target
         if name not in names:
-            raise UserError(f"{where}: format {fmt} needs a {target!r} column and there is none; columns are {sorted(names)}; map one with columns: {{{target}: YOUR_COLUMN}}")
+            raise UserError(
+                f"{where}: format {fmt} needs a {target!r} column and there is none; columns are {sorted(names)}; map one with columns: {{{target}: YOUR_COLUMN}}"
+            )
         col[target] = name
     return fmt, col
 
 
-def normalize(records: list[dict], where: str, fmt: str = "auto", columns: dict[str, str] | None = None,
-              system: str | None = None, issues: list[Issue] | None = None, numbers: list[int] | None = None) -> list[Row]:
+def normalize(
+    records: list[dict],
+    where: str,
+    fmt: str = "auto",
+    columns: dict[str, str] | None = None,
+    system: str | None = None,
+    issues: list[Issue] | None = None,
+    numbers: list[int] | None = None,
+) -> list[Row]:
     """Map records onto chat rows. A row that cannot be mapped raises, or with `issues` is reported and skipped.
 
     `numbers` are the records' row numbers in the file (when a filter kept only some).
@@ -250,8 +268,9 @@ class Prepared:
     """The `afina check` report, when a sweep ran it."""
 
 
-def load_rows(spec, paths, label: str, fmt="auto", columns=None, system=None, filt=None,
-              cache: dict | None = None, issues: list[Issue] | None = None) -> list[Row]:
+def load_rows(
+    spec, paths, label: str, fmt="auto", columns=None, system=None, filt=None, cache: dict | None = None, issues: list[Issue] | None = None
+) -> list[Row]:
     """Rows of one source (file, glob, list, hub id), filtered by `filt` and mapped."""
     cache = {} if cache is None else cache
     rows = []
@@ -280,8 +299,11 @@ def prepare(spec, collect: bool = False) -> Prepared:
     for name, s in spec.data.slices.items():
         rows = load_rows(spec, s.path, f"slice {name}", s.format, s.columns, s.system, s.where, cache, issues if collect else None)
         if not rows:
-            problem(f"slice {name}", "where" if s.where else "path",
-                    f"is empty (no usable rows{' match ' + json.dumps(s.where) if s.where else ''}); fix its path or filter")
+            problem(
+                f"slice {name}",
+                "where" if s.where else "path",
+                f"is empty (no usable rows{' match ' + json.dumps(s.where) if s.where else ''}); fix its path or filter",
+            )
         slices[name] = rows
     ev = spec.data.eval
     if ev.path is not None:
@@ -300,7 +322,11 @@ def prepare(spec, collect: bool = False) -> Prepared:
     if ev.max_rows:
         eval_rows = eval_rows[: ev.max_rows]
     if not eval_rows:
-        problem("data.eval", "path" if ev.path else "split", "the eval set is empty; point data.eval.path at held-out rows or set data.eval.split: 0.1")
+        problem(
+            "data.eval",
+            "path" if ev.path else "split",
+            "the eval set is empty; point data.eval.path at held-out rows or set data.eval.split: 0.1",
+        )
     prints = {f"slice.{n}": fingerprint(r) for n, r in slices.items()} | {"eval": fingerprint(eval_rows)}
     return Prepared(slices, eval_rows, prints, issues)
 
@@ -329,7 +355,13 @@ def mix(prepared: Prepared, choices: dict[str, dict[str, Any]], seed: int) -> tu
     for name, rows in base.items():
         target = max(1, round(total * len(rows) * choices[name]["weight"] / mass))
         rng = random.Random(f"{seed}:{name}:mix")
-        picked = rows[:] if target == len(rows) else rng.sample(rows, target) if target < len(rows) else rows + rng.choices(rows, k=target - len(rows))
+        picked = (
+            rows[:]
+            if target == len(rows)
+            else rng.sample(rows, target)
+            if target < len(rows)
+            else rows + rng.choices(rows, k=target - len(rows))
+        )
         counts[name] = len(picked)
         out += picked
     random.Random(f"{seed}:shuffle").shuffle(out)

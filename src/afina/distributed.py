@@ -96,5 +96,13 @@ class Remote:
 def announce(trial, params: dict, resume) -> None:
     """Rank 0: tell the other ranks to train this trial."""
     if active():
-        share({"kind": "trial", "number": trial.number, "params": params, "resume": str(resume) if resume else None,
-               "study": trial.study.study_name, "directions": [d.name for d in trial.study.directions]})
+        share(
+            {
+                "kind": "trial",
+                "number": trial.number,
+                "params": params,
+                "resume": str(resume) if resume else None,
+                "study": trial.study.study_name,
+                "directions": [d.name for d in trial.study.directions],
+            }
+        )

@@ -27,8 +27,9 @@ def merged(model_dir: Path, out: Path, source: str | None = None) -> Path:
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, out / name)
     was = meta.get("format", "full")
-    pyfunc.write_meta(out, {**meta, "format": "merged" if was in ("adapter", "merged") else "full",
-                            **({"source": source} if source else {})})
+    pyfunc.write_meta(
+        out, {**meta, "format": "merged" if was in ("adapter", "merged") else "full", **({"source": source} if source else {})}
+    )
     return out
 
 

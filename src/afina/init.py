@@ -51,13 +51,31 @@ def init(data_file: Path, name: str | None, force: bool, console, model: str = "
         "name": name,
         "model": {"ref": model, "method": "lora"},
         "data": {"seed": 0, "slices": slices, "eval": {"split": 0.1, "max_rows": n_eval}},
-        "train": {"max_steps": 30, "per_device_train_batch_size": 8, "max_length": 256, "eval_steps": 10,
-                  "per_device_eval_batch_size": 16, "lr_scheduler_type": "constant", "warmup_steps": 0, "seed": 0},
+        "train": {
+            "max_steps": 30,
+            "per_device_train_batch_size": 8,
+            "max_length": 256,
+            "eval_steps": 10,
+            "per_device_eval_batch_size": 16,
+            "lr_scheduler_type": "constant",
+            "warmup_steps": 0,
+            "seed": 0,
+        },
         "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"},
-        "search": {"n_trials": 8, "sampler": "tpe", "sampler_args": {"n_startup_trials": 4}, "pruner": "median",
-                   "pruner_args": {"n_startup_trials": 2, "n_warmup_steps": 10}, "objective": "eval_loss", "seed": 0,
-                   "space": {"train.learning_rate": {"float": [1.0e-4, 2.0e-3], "log": True}, "lora.r": {"categorical": [8, 16]},
-                             **({f"slices.{s}.weight": {"float": [0.1, 1.0]} for s in slices} if len(slices) > 1 else {})}},
+        "search": {
+            "n_trials": 8,
+            "sampler": "tpe",
+            "sampler_args": {"n_startup_trials": 4},
+            "pruner": "median",
+            "pruner_args": {"n_startup_trials": 2, "n_warmup_steps": 10},
+            "objective": "eval_loss",
+            "seed": 0,
+            "space": {
+                "train.learning_rate": {"float": [1.0e-4, 2.0e-3], "log": True},
+                "lora.r": {"categorical": [8, 16]},
+                **({f"slices.{s}.weight": {"float": [0.1, 1.0]} for s in slices} if len(slices) > 1 else {}),
+            },
+        },
         "samples": {"prompts": [], "max_new_tokens": 64},
     }
     parsed = _validate(spec, folder, path)
@@ -105,7 +123,9 @@ def _validate(spec: dict, folder: Path, data_file: Path):
     try:
         return Spec.model_validate({**spec, "base_dir": folder})
     except ValidationError as e:  # e.g. two values that slug to one name
-        raise UserError(f"could not build a spec from this data ({e.errors()[0]['msg']}); write it by hand from experiments/quickstart.yaml") from None
+        raise UserError(
+            f"could not build a spec from this data ({e.errors()[0]['msg']}); write it by hand from experiments/quickstart.yaml"
+        ) from None
 
 
 def _max_length(prepared: data.Prepared, tokenizer) -> int:
@@ -132,11 +152,15 @@ def _prompts(rows: list[data.Row], n: int = 3) -> list[dict]:
 def _render(spec: dict, target: Path, source: Path, n: int, fmt: str, col: dict, column: str | None) -> str:
     used = ", ".join(f"{k}={v}" for k, v in col.items() if v)
     notes = {
-        "name": [f"Written by `afina init {source}`: {n} rows, format {fmt} ({used}).",
-                 "Check the data again after any edit: afina check " + str(target)],
+        "name": [
+            f"Written by `afina init {source}`: {n} rows, format {fmt} ({used}).",
+            "Check the data again after any edit: afina check " + str(target),
+        ],
         "model": ["Embedded SmolLM2-135M-Instruct (works offline); a Hugging Face id or a local folder also works."],
-        "data": [f"One slice per value of column {column!r}; the search weighs them." if column else "One slice: the whole file.",
-                 "eval: a seeded 10% of every slice is held out (max_rows caps it so evaluation stays quick on a CPU)."],
+        "data": [
+            f"One slice per value of column {column!r}; the search weighs them." if column else "One slice: the whole file.",
+            "eval: a seeded 10% of every slice is held out (max_rows caps it so evaluation stays quick on a CPU).",
+        ],
         "train": ["Any TRL SFTConfig field. max_length fits 95% of the rows after the chat template."],
         "lora": ["Any PEFT LoraConfig field."],
         "search": ["Dotted keys: train.X, lora.X, slices.NAME.include|weight|fraction. Raise n_trials on a GPU."],

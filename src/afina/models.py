@@ -46,7 +46,9 @@ def resolve(ref: str) -> Path:
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
-        return Path(snapshot_download(ref, local_files_only=offline, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
+        return Path(
+            snapshot_download(ref, local_files_only=offline, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+        )
     except (LocalEntryNotFoundError, HFValidationError, OSError) as e:
         how = "download it once with HF_HUB_OFFLINE=0, or set model.ref to a local folder" if offline else str(e).splitlines()[0]
         raise UserError(f"model.ref {ref!r} is not in the local Hugging Face cache; {how}") from None
@@ -108,11 +110,18 @@ def _tiny_tokenizer():
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    corpus = ["hola gracias envío devolución pedido talla camiseta algodón descripción producto",
-              "hello thanks shipping return order size shirt cotton description product",
-              "user assistant system", "¿Cuánto tarda? ¡Claro! Hecho para durar, pensado para ti."] * 4
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1024, special_tokens=special, show_progress=False,
-                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    corpus = [
+        "hola gracias envío devolución pedido talla camiseta algodón descripción producto",
+        "hello thanks shipping return order size shirt cotton description product",
+        "user assistant system",
+        "¿Cuánto tarda? ¡Claro! Hecho para durar, pensado para ti.",
+    ] * 4
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=1024, special_tokens=special, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.chat_template = CHATML
     return tok
@@ -123,9 +132,16 @@ def _tiny_random(tok):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
         tie_word_embeddings=True,
     )
     torch.manual_seed(0)
@@ -191,7 +207,10 @@ def fresh(model_dir: Path, trust_remote_code: bool = False, attn_implementation:
     key = (str(Path(model_dir).resolve()), stamp, trust_remote_code, attn_implementation)
     if key not in _PRISTINE:
         _PRISTINE.clear()  # one base per worker: a new model replaces the old one
-        _PRISTINE[key] = (load_tokenizer(model_dir, trust_remote_code), load_model(model_dir, trust_remote_code, attn_implementation=attn_implementation))
+        _PRISTINE[key] = (
+            load_tokenizer(model_dir, trust_remote_code),
+            load_model(model_dir, trust_remote_code, attn_implementation=attn_implementation),
+        )
     tok, model = _PRISTINE[key]
     memo: dict[int, object] = {}
     if share_weights:

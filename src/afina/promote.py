@@ -33,6 +33,7 @@ def previous_alias(alias: str) -> str:
 
 # ---------------------------------------------------------------- the gate metric
 
+
 def answer_nll(model, tok, rows: list[data.Row], batch_size: int = 8) -> float:
     """Mean negative log-likelihood per token of each row's final assistant answer.
 
@@ -47,15 +48,15 @@ def answer_nll(model, tok, rows: list[data.Row], batch_size: int = 8) -> float:
     total, count = 0.0, 0
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     for i in range(0, len(items), batch_size):
-        batch = items[i:i + batch_size]
+        batch = items[i : i + batch_size]
         width = max(len(ids) for ids, _ in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         labels = torch.full((len(batch), width), -100, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for j, (seq, start) in enumerate(batch):
-            ids[j, :len(seq)] = torch.tensor(seq)
-            labels[j, start:len(seq)] = torch.tensor(seq[start:])
-            mask[j, :len(seq)] = 1
+            ids[j, : len(seq)] = torch.tensor(seq)
+            labels[j, start : len(seq)] = torch.tensor(seq[start:])
+            mask[j, : len(seq)] = 1
         with torch.no_grad():
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
         target = labels[:, 1:].to(logits.device)
@@ -76,7 +77,7 @@ def _encode(tok, messages: list[dict]) -> tuple[list[int], int]:
     if not full.startswith(prefix):
         prefix = ""
     head = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
-    seq = (head + tok(full[len(prefix):], add_special_tokens=False)["input_ids"])[:MAX_TOKENS]
+    seq = (head + tok(full[len(prefix) :], add_special_tokens=False)["input_ids"])[:MAX_TOKENS]
     return seq, max(1, min(len(head), len(seq) - 1))
 
 
@@ -86,6 +87,7 @@ METRIC = "answer_nll"
 
 
 # ---------------------------------------------------------------- selection
+
 
 def select(study, spec, number: int | None):
     """The trial to promote: `number`, or the best COMPLETE one by the study's objective."""
@@ -104,7 +106,9 @@ def select(study, spec, number: int | None):
     if len(study.directions) > 1:
         names = study.user_attrs.get("objectives") or spec.search.objectives
         if not spec.promote.objective:
-            raise UserError(f"study {study.study_name!r} has {len(names)} objectives; pass --trial N or set promote.objective to one of {names}")
+            raise UserError(
+                f"study {study.study_name!r} has {len(names)} objectives; pass --trial N or set promote.objective to one of {names}"
+            )
         if spec.promote.objective not in names:
             raise UserError(f"promote.objective {spec.promote.objective!r} is not an objective of the study; use one of {names}")
         index = names.index(spec.promote.objective)
@@ -125,6 +129,7 @@ def promotion_set(spec) -> list[data.Row]:
 
 
 # ---------------------------------------------------------------- promote
+
 
 def run(spec, console, number: int | None = None, force: bool = False, merge: bool = False) -> bool:
     """Returns True when the alias moved (or the candidate already holds it)."""
@@ -149,7 +154,9 @@ def run(spec, console, number: int | None = None, force: bool = False, merge: bo
         source = None
     if source is None:
         raise UserError(f"trial {trial.number} has no MLflow run in {tracking.redact(spec.tracking.mlflow_uri)}; was the store moved?")
-    if not any(a.path == "checkpoint/adapter_config.json" or a.path == "checkpoint/config.json" for a in c.list_artifacts(run_id, "checkpoint")):
+    if not any(
+        a.path == "checkpoint/adapter_config.json" or a.path == "checkpoint/config.json" for a in c.list_artifacts(run_id, "checkpoint")
+    ):
         raise UserError(f"trial {trial.number} (run {run_id}) has no checkpoint/ artifact with weights; nothing to promote")
     rows = promotion_set(spec)
     set_print = data.fingerprint(rows)
@@ -175,8 +182,13 @@ def run(spec, console, number: int | None = None, force: bool = False, merge: bo
         better = champ is None or sign * (champ - cand) > max(spec.promote.margin, NOISE)
         decision = "promoted" if better else "forced" if force else "refused"
         _report(console, trial, cand, champ, champion, alias, set_print, len(rows), spec.promote.margin, decision)
-        gate = {"afina.gate.metric": METRIC, "afina.gate.score": f"{cand:.6g}", "afina.gate.set_fingerprint": set_print,
-                "afina.gate.champion_score": "" if champ is None else f"{champ:.6g}", "afina.gate.decision": decision}
+        gate = {
+            "afina.gate.metric": METRIC,
+            "afina.gate.score": f"{cand:.6g}",
+            "afina.gate.set_fingerprint": set_print,
+            "afina.gate.champion_score": "" if champ is None else f"{champ:.6g}",
+            "afina.gate.decision": decision,
+        }
         promo_id = _log_promotion(c, source.info.experiment_id, spec, trial, run_id, champion, gate, cand, champ, len(rows))
         if decision == "refused":
             return False
@@ -203,8 +215,12 @@ def package(ckpt: Path, out: Path, spec, merge: bool) -> Path:
     base = model.get("ref", spec.model.ref)
     adapter = (ckpt / "adapter_config.json").is_file()
     base_dir = models.resolve(base)
-    meta = {"format": "adapter" if adapter else "full", "base": base, "base_sha256": models.fingerprint(base_dir),
-            "trust_remote_code": bool(model.get("trust_remote_code", spec.model.trust_remote_code))}
+    meta = {
+        "format": "adapter" if adapter else "full",
+        "base": base,
+        "base_sha256": models.fingerprint(base_dir),
+        "trust_remote_code": bool(model.get("trust_remote_code", spec.model.trust_remote_code)),
+    }
     if adapter:
         # PEFT wrote the base's local path here; the reference is what travels.
         cfg = json.loads((ckpt / "adapter_config.json").read_text(encoding="utf-8"))
@@ -230,25 +246,54 @@ def _lineage(study, trial, source, meta: dict) -> dict[str, str]:
     objectives = study.user_attrs.get("objectives") or [f"value{i}" for i in range(len(trial.values))]
     tags = dict(source.data.params)  # train.*, lora.*, slices.*, rows.*, data.*, model.*
     tags |= {f"afina.objective.{o}": f"{v:.6g}" for o, v in zip(objectives, trial.values, strict=False)}
-    tags |= {"afina.study": study.study_name, "afina.trial": str(trial.number), "afina.run_id": source.info.run_id,
-             "afina.data_fingerprint": trial.user_attrs.get("data_fingerprint", ""),
-             "afina.slices": json.dumps({k.removeprefix("rows."): int(v) for k, v in source.data.params.items()
-                                         if k.startswith("rows.") and k not in ("rows.train", "rows.eval")}),
-             "afina.params": json.dumps(trial.params, default=str),
-             "afina.base_model": meta.get("base", ""), "afina.base_sha256": meta.get("base_sha256", ""),
-             "afina.format": meta["format"], "afina.checkpoint": f"runs:/{source.info.run_id}/checkpoint"}
+    tags |= {
+        "afina.study": study.study_name,
+        "afina.trial": str(trial.number),
+        "afina.run_id": source.info.run_id,
+        "afina.data_fingerprint": trial.user_attrs.get("data_fingerprint", ""),
+        "afina.slices": json.dumps(
+            {
+                k.removeprefix("rows."): int(v)
+                for k, v in source.data.params.items()
+                if k.startswith("rows.") and k not in ("rows.train", "rows.eval")
+            }
+        ),
+        "afina.params": json.dumps(trial.params, default=str),
+        "afina.base_model": meta.get("base", ""),
+        "afina.base_sha256": meta.get("base_sha256", ""),
+        "afina.format": meta["format"],
+        "afina.checkpoint": f"runs:/{source.info.run_id}/checkpoint",
+    }
     return {k: str(v)[:5000] for k, v in tags.items()}
 
 
 def _log_promotion(c, experiment_id, spec, trial, run_id, champion, gate, cand, champ, n_rows) -> str:
-    run = c.create_run(experiment_id, run_name=f"promote-trial-{trial.number}", tags={
-        "afina.role": "promotion", "afina.study": spec.name, "afina.trial": str(trial.number),
-        "afina.candidate_run_id": run_id, "afina.model_name": spec.model_name, **gate,
-        "afina.champion_version": "" if champion is None else str(champion.version)})
+    run = c.create_run(
+        experiment_id,
+        run_name=f"promote-trial-{trial.number}",
+        tags={
+            "afina.role": "promotion",
+            "afina.study": spec.name,
+            "afina.trial": str(trial.number),
+            "afina.candidate_run_id": run_id,
+            "afina.model_name": spec.model_name,
+            **gate,
+            "afina.champion_version": "" if champion is None else str(champion.version),
+        },
+    )
     rid = run.info.run_id
-    tracking.log_params(c, rid, {"metric": METRIC, "set_fingerprint": gate["afina.gate.set_fingerprint"], "rows": n_rows,
-                                 "margin": spec.promote.margin, "candidate_trial": trial.number,
-                                 "champion_version": "" if champion is None else champion.version})
+    tracking.log_params(
+        c,
+        rid,
+        {
+            "metric": METRIC,
+            "set_fingerprint": gate["afina.gate.set_fingerprint"],
+            "rows": n_rows,
+            "margin": spec.promote.margin,
+            "candidate_trial": trial.number,
+            "champion_version": "" if champion is None else champion.version,
+        },
+    )
     tracking.log_metrics(c, rid, {"candidate_score": cand, **({"champion_score": champ} if champ is not None else {})}, 0, synchronous=True)
     c.set_terminated(rid)
     return rid
@@ -259,12 +304,15 @@ def _report(console, trial, cand, champ, champion, alias, set_print, n, margin, 
     console.print(f"gate: {METRIC} on {n} promotion rows (set {set_print}), lower is better")
     console.print(f"  candidate trial {trial.number}: {cand:.4f}   {vs}")
     if decision == "refused":
-        console.print(f"refused: trial {trial.number} is not better than @{alias} by more than {margin}; registry unchanged (--force overrides)")
+        console.print(
+            f"refused: trial {trial.number} is not better than @{alias} by more than {margin}; registry unchanged (--force overrides)"
+        )
     elif decision == "forced":
         console.print(f"--force: promoting trial {trial.number} although it does not beat @{alias}")
 
 
 # ---------------------------------------------------------------- rollback
+
 
 def rollback(name: str, tracking_uri: str, alias: str, reason: str, console) -> Any:
     """Swap @alias and @previous, and record who went back and why on both versions."""
@@ -275,7 +323,9 @@ def rollback(name: str, tracking_uri: str, alias: str, reason: str, console) -> 
     try:
         c.get_registered_model(name)
     except MlflowException:
-        raise UserError(f"no registered model named {name!r} in {tracking.redact(tracking_uri)}; check the name (the spec's promote.model_name or name)") from None
+        raise UserError(
+            f"no registered model named {name!r} in {tracking.redact(tracking_uri)}; check the name (the spec's promote.model_name or name)"
+        ) from None
     prev_alias = previous_alias(alias)
     current, previous = _by_alias(c, name, alias), _by_alias(c, name, prev_alias)
     if previous is None or current is None:

@@ -108,7 +108,9 @@ def fetched(uri: str, tracking_uri: str | None = None) -> Iterator[Path]:
             path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri.rstrip("/") + sub, dst_path=tmp))
         except (MlflowException, OSError) as e:
             first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise UserError(f"{uri}: not found in the registry ({first}); check the name, version or alias (`afina rollback` and the MLflow UI list them)") from None
+            raise UserError(
+                f"{uri}: not found in the registry ({first}); check the name, version or alias (`afina rollback` and the MLflow UI list them)"
+            ) from None
         if not _is_model_dir(path):
             raise UserError(f"{uri}: the artifact is not an afina model folder; register models with `afina promote`")
         yield path
@@ -150,8 +152,9 @@ class AfinaModel(mlflow.pyfunc.PythonModel):
         from afina import generate
 
         p = {**DEFAULTS, **(params or {})}
-        return generate.generate(self.model, self.tok, _prompts(model_input), int(p["max_new_tokens"]),
-                                 float(p["temperature"]), p["system"] or None)
+        return generate.generate(
+            self.model, self.tok, _prompts(model_input), int(p["max_new_tokens"]), float(p["temperature"]), p["system"] or None
+        )
 
 
 def _prompts(model_input) -> list[str]:
@@ -172,10 +175,16 @@ def signature():
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
-        params=ParamSchema([ParamSpec("max_new_tokens", "long", DEFAULTS["max_new_tokens"]),
-                            ParamSpec("temperature", "double", DEFAULTS["temperature"]),
-                            ParamSpec("system", "string", DEFAULTS["system"])]))
+        inputs=Schema([ColSpec("string")]),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema(
+            [
+                ParamSpec("max_new_tokens", "long", DEFAULTS["max_new_tokens"]),
+                ParamSpec("temperature", "double", DEFAULTS["temperature"]),
+                ParamSpec("system", "string", DEFAULTS["system"]),
+            ]
+        ),
+    )
 
 
 def requirements() -> list[str]:
@@ -193,8 +202,16 @@ def log(model_dir: Path, run_id: str, experiment_id: str):
     mlflow.set_experiment(experiment_id=experiment_id)  # LoggedModels live in the fluent experiment
     with warnings.catch_warnings():  # "no input example": the signature says it all, and an example would load the model again
         warnings.simplefilter("ignore")
-        info = Model.log(None, mlflow.pyfunc, name="model", run_id=run_id, python_model=AfinaModel(),
-                         artifacts={ARTIFACT: str(model_dir)}, signature=signature(), pip_requirements=requirements())
+        info = Model.log(
+            None,
+            mlflow.pyfunc,
+            name="model",
+            run_id=run_id,
+            python_model=AfinaModel(),
+            artifacts={ARTIFACT: str(model_dir)},
+            signature=signature(),
+            pip_requirements=requirements(),
+        )
     mlflow.flush_async_logging()  # Model.log copies metrics asynchronously; a CLI exits right after
     return info
 
@@ -218,8 +235,15 @@ def answer(uri: str, source: str, tracking_uri: str, max_new_tokens: int, temper
     with fetched(uri, tracking_uri) as model_dir:
         model, tok = load(model_dir)
     if rows is None:
-        generate.generate(model, tok, [source], max_new_tokens, temperature, system,
-                          streamer=TextStreamer(tok, skip_prompt=True, skip_special_tokens=True))
+        generate.generate(
+            model,
+            tok,
+            [source],
+            max_new_tokens,
+            temperature,
+            system,
+            streamer=TextStreamer(tok, skip_prompt=True, skip_special_tokens=True),
+        )
         return
     for prompt, out in zip(rows, generate.generate(model, tok, rows, max_new_tokens, temperature, system), strict=True):
         print(json.dumps({"prompt": prompt, "output": out}, ensure_ascii=False), flush=True)

@@ -40,8 +40,7 @@ def install_stop():
         if STOP.is_set():
             raise KeyboardInterrupt
         STOP.set()
-        sys.stderr.write("\nstopping: the running trial saves a checkpoint and stops after this step; "
-                         "press Ctrl-C again to stop at once\n")
+        sys.stderr.write("\nstopping: the running trial saves a checkpoint and stops after this step; press Ctrl-C again to stop at once\n")
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     return lambda: [signal.signal(s, h) for s, h in old.items()]
@@ -52,8 +51,15 @@ def install_stop():
 WRITES = ("log_batch", "set_tag", "set_terminated", "log_text", "log_artifacts", "log_table", "update_run")
 OFFLINE = "offline-"  # run ids handed out while the server was down; real ones replace them on replay
 # Errors that replaying cannot fix: re-raise them instead of buffering.
-PERMANENT = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
-             "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST")
+PERMANENT = (
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_DOES_NOT_EXIST",
+    "RESOURCE_ALREADY_EXISTS",
+    "INVALID_STATE",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "BAD_REQUEST",
+)
 
 
 def fallback_dir(spec) -> Path:
@@ -127,8 +133,10 @@ class Guard:
             raise e
         if self._down_at is None:
             first = tracking.redact(str(e).splitlines()[0] if str(e) else type(e).__name__)[:200]
-            sys.stderr.write(f"warning: MLflow at {tracking.redact(self.uri)} is unreachable ({first}); training goes on and "
-                             f"its records are kept in {self.folder}; they are sent when it answers again, or run `afina sync`\n")
+            sys.stderr.write(
+                f"warning: MLflow at {tracking.redact(self.uri)} is unreachable ({first}); training goes on and "
+                f"its records are kept in {self.folder}; they are sent when it answers again, or run `afina sync`\n"
+            )
         self._down_at = time.monotonic()
         return self._keep(name, args, kw, e) if keep else None
 
@@ -145,8 +153,11 @@ class Guard:
         run_id = kw.get("run_id") or args[0]
         rest, kw = list(args[1:]), {k: v for k, v in kw.items() if k != "run_id"}
         if name == "log_batch":
-            kw = {"metrics": [[m.key, m.value, m.timestamp, m.step] for m in kw.get("metrics", ())],
-                  "params": [[p.key, p.value] for p in kw.get("params", ())], "tags": [[t.key, t.value] for t in kw.get("tags", ())]}
+            kw = {
+                "metrics": [[m.key, m.value, m.timestamp, m.step] for m in kw.get("metrics", ())],
+                "params": [[p.key, p.value] for p in kw.get("params", ())],
+                "tags": [[t.key, t.value] for t in kw.get("tags", ())],
+            }
         elif name == "log_artifacts":  # the local folder is scratch space that goes away: keep a copy
             copy = self.folder / "files" / uuid.uuid4().hex
             shutil.copytree(rest[0], copy)
@@ -201,13 +212,20 @@ def replay(folder: Path, client) -> tuple[int, dict[str, str]]:
                     ids[r["run_id"]] = client.create_run(*r["args"], **r["kw"]).info.run_id
                 elif r["op"] == "log_batch":
                     k = r["kw"]
-                    client.log_batch(r["run_id"], metrics=[Metric(*m) for m in k["metrics"]], params=[Param(*p) for p in k["params"]],
-                                     tags=[RunTag(*t) for t in k["tags"]], synchronous=True)
+                    client.log_batch(
+                        r["run_id"],
+                        metrics=[Metric(*m) for m in k["metrics"]],
+                        params=[Param(*p) for p in k["params"]],
+                        tags=[RunTag(*t) for t in k["tags"]],
+                        synchronous=True,
+                    )
                 else:
                     getattr(client, r["op"])(r["run_id"], *r["args"], **r["kw"])
             except Exception:
                 rest = [json.loads(x) for x in lines[i:]]  # keep the rest, in order, under the real ids made so far
-                path.write_text("".join(json.dumps({**x, "run_id": ids.get(x["run_id"], x["run_id"])}) + "\n" for x in rest), encoding="utf-8")
+                path.write_text(
+                    "".join(json.dumps({**x, "run_id": ids.get(x["run_id"], x["run_id"])}) + "\n" for x in rest), encoding="utf-8"
+                )
                 claimed.unlink()
                 raise
             if r["op"] == "log_artifacts":
@@ -218,6 +236,7 @@ def replay(folder: Path, client) -> tuple[int, dict[str, str]]:
 
 
 # --- stores checked before use --------------------------------------------------------------------
+
 
 def reachable(uri: str) -> bool:
     try:
@@ -233,17 +252,23 @@ def probe_http(uri: str, timeout: float = 10) -> None:
 
     if not uri.startswith(("http://", "https://")):
         return
-    auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", "")) \
-        if os.environ.get("MLFLOW_TRACKING_USERNAME") else None
+    auth = (
+        (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+        if os.environ.get("MLFLOW_TRACKING_USERNAME")
+        else None
+    )
     headers = {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"} if os.environ.get("MLFLOW_TRACKING_TOKEN") else {}
     where = f"tracking.mlflow_uri {tracking.redact(uri)!r}"
     try:
-        r = requests.post(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search", json={"max_results": 1},
-                          auth=auth, headers=headers, timeout=timeout)
+        r = requests.post(
+            uri.rstrip("/") + "/api/2.0/mlflow/experiments/search", json={"max_results": 1}, auth=auth, headers=headers, timeout=timeout
+        )
     except requests.RequestException as e:
         raise UserError(f"{where} is unreachable ({type(e).__name__}); start the server (`afina server`) or fix the URL") from None
     if r.status_code in (401, 403):
-        raise UserError(f"{where} refused the credentials (HTTP {r.status_code}); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+        raise UserError(
+            f"{where} refused the credentials (HTTP {r.status_code}); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
     try:
         ok = r.status_code == 200 and isinstance(r.json(), dict)
     except ValueError:
@@ -273,7 +298,9 @@ def probe_sql(url: str, what: str) -> None:
         raise UserError(f"{where}: unknown database dialect or driver; use e.g. postgresql://user:pass@host:5432/db") from None
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as e:
         msg = str(getattr(e, "orig", None) or e).strip().splitlines()
-        raise UserError(f"{where} is unusable ({tracking.redact(msg[0] if msg else type(e).__name__)[:200]}); check the host, port, database and credentials") from None
+        raise UserError(
+            f"{where} is unusable ({tracking.redact(msg[0] if msg else type(e).__name__)[:200]}); check the host, port, database and credentials"
+        ) from None
 
 
 def writable(folder: Path, what: str) -> None:
@@ -307,6 +334,7 @@ def preflight(spec) -> None:
 
 # --- dead and interrupted trials ------------------------------------------------------------------
 
+
 def resume_point(spec, trial, c) -> tuple[Path | None, list[Path]]:
     """The checkpoint this trial continues from, and the trial folders it consumes when it ends.
 
@@ -329,8 +357,12 @@ def resume_point(spec, trial, c) -> tuple[Path | None, list[Path]]:
         dead = t.user_attrs["mlflow_run_id"]
         try:
             if c.get_run(dead).info.status == "RUNNING":
-                tracking.finish(c, dead, "FAIL", f"worker {t.user_attrs.get('worker', '?')} died (no heartbeat); "
-                                                 f"trial {history[-1]} is retried as trial {trial.number}")
+                tracking.finish(
+                    c,
+                    dead,
+                    "FAIL",
+                    f"worker {t.user_attrs.get('worker', '?')} died (no heartbeat); trial {history[-1]} is retried as trial {trial.number}",
+                )
         except Exception:  # noqa: S110 - the run may be gone with a wiped store; nothing to close
             pass
     root = Path(spec.tracking.checkpoint_dir) / trial.study.study_name
@@ -352,12 +384,17 @@ def check_model(model_dir: Path, ref: str, trust_remote_code: bool) -> None:
     where = f"model.ref {ref!r}"
     if not list(Path(model_dir).glob("*.safetensors")):
         pickles = [p.name for p in Path(model_dir).glob("*.bin")] + [p.name for p in Path(model_dir).glob("*.pt*")]
-        how = f"it has only {pickles[0]}, which afina never unpickles; re-save it with save_pretrained(safe_serialization=True)" \
-            if pickles else "no *.safetensors weights in that folder"
+        how = (
+            f"it has only {pickles[0]}, which afina never unpickles; re-save it with save_pretrained(safe_serialization=True)"
+            if pickles
+            else "no *.safetensors weights in that folder"
+        )
         raise UserError(f"{where}: {how}")
     try:
         AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises OSError, ValueError, JSONDecodeError... for broken folders
-        raise UserError(f"{where}: cannot be loaded ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
-                        "point it at a folder saved with save_pretrained") from None
+        raise UserError(
+            f"{where}: cannot be loaded ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
+            "point it at a folder saved with save_pretrained"
+        ) from None

@@ -19,8 +19,23 @@ REMOTE_ARTIFACTS = ("s3", "gs", "wasbs", "abfss", "hdfs", "sftp", "ftp")
 
 
 def command(backend: str, artifacts: str, host: str, port: int, workers: int, auth: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--serve-artifacts",
-           "--artifacts-destination", artifacts, "--host", host, "--port", str(port), "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     return cmd + (["--app-name", "basic-auth"] if auth else [])
 
 
@@ -28,7 +43,9 @@ def run(backend: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000,
     """Check the backend and the artifact destination, then become the MLflow server (exec)."""
     scheme = urlsplit(backend).scheme.split("+")[0]
     if scheme not in ("postgresql", "mysql", "sqlite"):
-        raise UserError(f"--backend-store-uri {tracking.redact(backend)!r}: use postgresql://user:pass@host:5432/db (or mysql://, sqlite:///)")
+        raise UserError(
+            f"--backend-store-uri {tracking.redact(backend)!r}: use postgresql://user:pass@host:5432/db (or mysql://, sqlite:///)"
+        )
     if not 0 < port < 65536:
         raise UserError(f"--port {port}: choose a port between 1 and 65535")
     if auth and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD") and not os.environ.get("MLFLOW_AUTH_CONFIG_PATH"):
@@ -44,8 +61,11 @@ def run(backend: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000,
     if scheme == "sqlite":
         print("note: a SQLite backend serves one machine; use PostgreSQL for many workers", file=sys.stderr)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: binding {host}: anyone who can reach this port can read and write runs"
-              f"{'' if auth else '; add --auth'} and put a TLS proxy in front", file=sys.stderr)
+        print(
+            f"warning: binding {host}: anyone who can reach this port can read and write runs"
+            f"{'' if auth else '; add --auth'} and put a TLS proxy in front",
+            file=sys.stderr,
+        )
     print(f"MLflow server on http://{host}:{port} · runs in {tracking.redact(backend)} · artifacts in {dest}", flush=True)
     cmd = command(backend, dest, host, port, workers, auth)
     os.execv(cmd[0], cmd)  # become the server: signals reach it directly, nothing is left behind

@@ -36,8 +36,9 @@ def grid(space: dict) -> dict[str, list]:
 def apply(spec, params: dict[str, Any]) -> tuple[dict, dict, dict[str, dict]]:
     """Fixed spec values overridden by the trial's picks: (train kwargs, lora kwargs, slice choices)."""
     train, lora = dict(spec.train), dict(spec.lora)
-    slices = {n: {"include": s.include, "weight": s.weight, "fraction": s.fraction, "max_rows": s.max_rows}
-              for n, s in spec.data.slices.items()}
+    slices = {
+        n: {"include": s.include, "weight": s.weight, "fraction": s.fraction, "max_rows": s.max_rows} for n, s in spec.data.slices.items()
+    }
     for key, value in params.items():
         section, _, rest = key.partition(".")
         if section == "train":

@@ -22,8 +22,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from afina.errors import UserError
 
 # Fields afina owns: setting them in `train` would break tracking, checkpoints or pruning.
-OWNED_TRAIN_FIELDS = {"output_dir", "report_to", "eval_strategy", "save_strategy", "load_best_model_at_end",
-                      "metric_for_best_model", "greater_is_better", "run_name", "logging_dir"}
+OWNED_TRAIN_FIELDS = {
+    "output_dir",
+    "report_to",
+    "eval_strategy",
+    "save_strategy",
+    "load_best_model_at_end",
+    "metric_for_best_model",
+    "greater_is_better",
+    "run_name",
+    "logging_dir",
+}
 
 
 class Strict(BaseModel):
@@ -146,7 +155,9 @@ class Search(Strict):
     @classmethod
     def _space_not_empty(cls, v):
         if not v:
-            raise ValueError("search.space is empty: add at least one dimension, e.g. train.learning_rate: {float: [1e-5, 1e-3], log: true}")
+            raise ValueError(
+                "search.space is empty: add at least one dimension, e.g. train.learning_rate: {float: [1e-5, 1e-3], log: true}"
+            )
         return v
 
     @property
@@ -289,9 +300,13 @@ class Spec(Strict):
                 if name not in self.data.slices:
                     raise ValueError(f"search.space.{key}: unknown slice {name!r}{_hint(name, self.data.slices)}")
                 if attr not in ("include", "weight", "fraction"):
-                    raise ValueError(f"search.space.{key}: slices can search include, weight or fraction{_hint(attr, ['include', 'weight', 'fraction'])}")
+                    raise ValueError(
+                        f"search.space.{key}: slices can search include, weight or fraction{_hint(attr, ['include', 'weight', 'fraction'])}"
+                    )
             else:
-                raise ValueError(f"search.space.{key}: keys start with train., lora. or slices.{_hint(section, ['train', 'lora', 'slices'])}")
+                raise ValueError(
+                    f"search.space.{key}: keys start with train., lora. or slices.{_hint(section, ['train', 'lora', 'slices'])}"
+                )
         if self.search.sampler == "grid":
             for key, dim in self.search.space.items():
                 if dim.float is not None and dim.step is None:

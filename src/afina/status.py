@@ -25,8 +25,18 @@ def rows(study) -> list[dict]:
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         values = list(t.values) if t.values else []
         key = [s * v for s, v in zip(sign, values, strict=True)] if values and all(math.isfinite(v) for v in values) else [math.inf]
-        out.append({"number": t.number, "state": t.state.name, "values": values, "params": t.params, "duration": duration,
-                    "run_id": run_id(t, study, known), "reason": t.user_attrs.get("fail_reason", ""), "_key": key})
+        out.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "values": values,
+                "params": t.params,
+                "duration": duration,
+                "run_id": run_id(t, study, known),
+                "reason": t.user_attrs.get("fail_reason", ""),
+                "_key": key,
+            }
+        )
     out.sort(key=lambda r: (ORDER.get(r["state"], 9), r["_key"], r["number"]))
     return out
 
@@ -34,7 +44,9 @@ def rows(study) -> list[dict]:
 def table(study, client=None, limit: int = 50):
     from rich.table import Table
 
-    objectives = study.user_attrs.get("objectives") or [f"value{i}" if len(study.directions) > 1 else "objective" for i in range(len(study.directions))]
+    objectives = study.user_attrs.get("objectives") or [
+        f"value{i}" if len(study.directions) > 1 else "objective" for i in range(len(study.directions))
+    ]
     all_rows = rows(study)
     params = sorted({k for r in all_rows for k in r["params"]})
     tab = Table(title=f"{study.study_name} · {len(all_rows)} trials", header_style="bold")
@@ -48,8 +60,14 @@ def table(study, client=None, limit: int = 50):
     tab.add_column("mlflow run", no_wrap=True, min_width=12)  # the id people copy: never elided
     for r in all_rows[:limit]:
         vals = [f"{v:.4g}" for v in r["values"]] or ["-"] * len(objectives)
-        tab.add_row(str(r["number"]), _state(r), *vals, *(_fmt(r["params"].get(p)) for p in params),
-                    f"{r['duration']:.0f}s" if r["duration"] is not None else "-", r["run_id"][:12])
+        tab.add_row(
+            str(r["number"]),
+            _state(r),
+            *vals,
+            *(_fmt(r["params"].get(p)) for p in params),
+            f"{r['duration']:.0f}s" if r["duration"] is not None else "-",
+            r["run_id"][:12],
+        )
     _base_and_front(tab, study, objectives, len(params))
     return tab
 
@@ -61,8 +79,14 @@ def _base_and_front(tab, study, objectives: list[str], n_params: int) -> None:
     if base:
         if tab.rows:
             tab.rows[-1].end_section = True
-        tab.add_row("base", "[magenta]BASELINE[/]", *(_fmt(base.get(o)) for o in objectives), *[""] * n_params, "-",
-                    study.user_attrs.get("baseline_run_id", "")[:12])
+        tab.add_row(
+            "base",
+            "[magenta]BASELINE[/]",
+            *(_fmt(base.get(o)) for o in objectives),
+            *[""] * n_params,
+            "-",
+            study.user_attrs.get("baseline_run_id", "")[:12],
+        )
     if len(study.directions) > 1:
         try:
             front = sorted(t.number for t in study.best_trials)
@@ -73,8 +97,10 @@ def _base_and_front(tab, study, objectives: list[str], n_params: int) -> None:
         try:
             best = study.best_trial
             if base.get(objectives[0]) is not None:
-                notes.append(f"best trial {best.number}: {objectives[0]} {best.value:.4g} vs base {base[objectives[0]]:.4g} "
-                             f"({best.value - base[objectives[0]]:+.4g})")
+                notes.append(
+                    f"best trial {best.number}: {objectives[0]} {best.value:.4g} vs base {base[objectives[0]]:.4g} "
+                    f"({best.value - base[objectives[0]]:+.4g})"
+                )
         except ValueError:
             pass
     if notes:

@@ -21,8 +21,13 @@ def finished(study) -> int:
     """Trials that used up the budget. A trial that was interrupted, or died and was retried, does not."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.system_attrs.get("failed_trial") for t in trials}
-    return sum(1 for t in trials if t.state.name in FINISHED and t.number not in retried
-               and not (t.state.name == "FAIL" and (t.user_attrs.get("interrupted") or t.user_attrs.get("surplus"))))
+    return sum(
+        1
+        for t in trials
+        if t.state.name in FINISHED
+        and t.number not in retried
+        and not (t.state.name == "FAIL" and (t.user_attrs.get("interrupted") or t.user_attrs.get("surplus")))
+    )
 
 
 def sampler(search):
@@ -48,8 +53,12 @@ def pruner(search, first_eval: int | None = None):
     """
     import optuna
 
-    kinds = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
-             "successive_halving": optuna.pruners.SuccessiveHalvingPruner, "hyperband": optuna.pruners.HyperbandPruner}
+    kinds = {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+    }
     args = dict(search.pruner_args)
     if search.pruner == "successive_halving" and first_eval:
         args.setdefault("min_resource", first_eval)
@@ -77,18 +86,25 @@ def storage(url: str, heartbeat: int | None = None, read_only: bool = False):
     else:
         tracking.prepare_local(url)
     if heartbeat:
-        kw |= {"heartbeat_interval": heartbeat, "grace_period": heartbeat * 3,
-              "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
+        kw |= {
+            "heartbeat_interval": heartbeat,
+            "grace_period": heartbeat * 3,
+            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+        }
     try:
         for attempt in range(3):  # workers starting together on an empty database race to create its tables
             try:
-                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None, **kw)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None, **kw
+                )
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as e:
                 if attempt == 2 or (isinstance(e, sqlalchemy.exc.OperationalError) and "already exists" not in str(e)):
                     raise
                 time.sleep(1 + attempt)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        raise UserError(f"tracking.optuna_storage {tracking.redact(url)!r} is unusable ({str(e).splitlines()[0][:160]}); check the URL, server and credentials") from None
+        raise UserError(
+            f"tracking.optuna_storage {tracking.redact(url)!r} is unusable ({str(e).splitlines()[0][:160]}); check the URL, server and credentials"
+        ) from None
 
 
 def open_study(spec, create: bool, first_eval: int | None = None):
@@ -100,12 +116,22 @@ def open_study(spec, create: bool, first_eval: int | None = None):
         try:
             return optuna.load_study(study_name=spec.name, storage=store)
         except KeyError:
-            raise UserError(f"no study named {spec.name!r} in {tracking.redact(spec.tracking.optuna_storage)}; run `afina sweep` first") from None
-    study = optuna.create_study(storage=store, study_name=spec.name, sampler=sampler(spec.search), pruner=pruner(spec.search, first_eval),
-                                directions=spec.search.directions, load_if_exists=True)
+            raise UserError(
+                f"no study named {spec.name!r} in {tracking.redact(spec.tracking.optuna_storage)}; run `afina sweep` first"
+            ) from None
+    study = optuna.create_study(
+        storage=store,
+        study_name=spec.name,
+        sampler=sampler(spec.search),
+        pruner=pruner(spec.search, first_eval),
+        directions=spec.search.directions,
+        load_if_exists=True,
+    )
     have = [d.name.lower() for d in study.directions]
     if have != spec.search.directions:
-        raise UserError(f"study {spec.name!r} exists with directions {have}, the spec asks for {spec.search.directions}; rename the spec or keep its objective")
+        raise UserError(
+            f"study {spec.name!r} exists with directions {have}, the spec asks for {spec.search.directions}; rename the spec or keep its objective"
+        )
     if study.user_attrs.get("objectives") != spec.search.objectives:
         study.set_user_attr("objectives", spec.search.objectives)
     return study
@@ -125,7 +151,9 @@ def validate(spec) -> tuple[data.Prepared, Any, list[dict]]:
     prepared.report = check.run(spec, prepared, models.load_tokenizer(model_dir, spec.model.trust_remote_code))
     if prepared.report.errors:
         first = prepared.report.errors[0]
-        raise UserError(f"the data has {len(prepared.report.errors)} errors (first: {first}); run `afina check` on the spec to see them all")
+        raise UserError(
+            f"the data has {len(prepared.report.errors)} errors (first: {first}); run `afina check` on the spec to see them all"
+        )
     return prepared, model_dir, prompts
 
 
@@ -144,14 +172,24 @@ def run(spec, spec_path: str, console, progress: bool = True):
         return _follow(spec, prepared, model_dir)
     if prepared.report.warnings:
         check.render(prepared.report, console, per_kind=3, table=False)
-    study = open_study(spec, create=True, first_eval=trial.eval_every(dict(spec.train), sum(map(len, prepared.slices.values())),
-                                                                             len(prepared.eval), spec.model.method == "full"))
+    study = open_study(
+        spec,
+        create=True,
+        first_eval=trial.eval_every(
+            dict(spec.train), sum(map(len, prepared.slices.values())), len(prepared.eval), spec.model.method == "full"
+        ),
+    )
     c = resilience.Guard(tracking.client(spec.tracking.mlflow_uri), resilience.fallback_dir(spec), spec.tracking.mlflow_uri)
     with _exclusive(study):  # workers starting together share one experiment, parent run and requeue
         experiment_id = tracking.experiment(c, spec.experiment, spec.tracking.artifact_root, spec.tracking.mlflow_uri)
         parent_id = tracking.parent_run(c, experiment_id, study, spec, spec_path)
-        tracking.log_params(c, parent_id, {f"data.{k}": v for k, v in prepared.fingerprints.items()}
-                            | {f"rows.{n}": len(r) for n, r in prepared.slices.items()} | {"rows.eval": len(prepared.eval)})
+        tracking.log_params(
+            c,
+            parent_id,
+            {f"data.{k}": v for k, v in prepared.fingerprints.items()}
+            | {f"rows.{n}": len(r) for n, r in prepared.slices.items()}
+            | {"rows.eval": len(prepared.eval)},
+        )
         check.log(prepared.report, c, parent_id)  # check/report.json and .md on the parent run
         _requeue_interrupted(study)
     ctx = {"client": c, "experiment_id": experiment_id, "parent_id": parent_id, "model_dir": model_dir, "prompts": prompts}
@@ -160,8 +198,15 @@ def run(spec, spec_path: str, console, progress: bool = True):
     remaining = spec.search.n_trials - done
     if remaining <= 0:
         console.print(f"[bold]{spec.name}[/]: all {spec.search.n_trials} trials are done; raise search.n_trials to run more.")
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=console, disable=not progress, transient=False)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not progress,
+        transient=False,
+    )
     trials_task = bar.add_task("trials", total=spec.search.n_trials, completed=done)
     steps_task = bar.add_task("steps", total=1, visible=False)
 
@@ -205,11 +250,17 @@ def run(spec, spec_path: str, console, progress: bool = True):
         c.set_terminated(parent_id, status="KILLED" if interrupted else "FINISHED")
         c.settle()
         if kept := resilience.pending(c.folder):
-            console.print(f"[yellow]warning:[/] {kept} MLflow records are kept in {c.folder}; run `afina sync {spec_path}` when the server is back")
+            console.print(
+                f"[yellow]warning:[/] {kept} MLflow records are kept in {c.folder}; run `afina sync {spec_path}` when the server is back"
+            )
     console.print(status.table(study, c))
     if report.refresh_quietly(spec, study, c, parent_id, console):
         console.print(f"Report: {report.path(spec)}")
-    ui = "afina ui" if spec.tracking.mlflow_uri == "sqlite:///mlruns/mlflow.db" else f"afina ui --tracking-uri {tracking.redact(spec.tracking.mlflow_uri)}"
+    ui = (
+        "afina ui"
+        if spec.tracking.mlflow_uri == "sqlite:///mlruns/mlflow.db"
+        else f"afina ui --tracking-uri {tracking.redact(spec.tracking.mlflow_uri)}"
+    )
     if interrupted:
         console.print(f"Interrupted. Run `afina sweep {spec_path}` again to resume.")
         raise KeyboardInterrupt
@@ -278,8 +329,12 @@ def _surplus(study, t, n: int) -> bool:
     trials = study.get_trials(deepcopy=False)
     me = next(x for x in trials if x.number == t.number)
     queued = "fixed_params" in me.system_attrs or "failed_trial" in me.system_attrs
-    ahead = sum(1 for x in trials if x.number != t.number and (
-        (x.state.name == "RUNNING" and x.number < t.number) or (x.state.name == "WAITING" and (not queued or x.number < t.number))))
+    ahead = sum(
+        1
+        for x in trials
+        if x.number != t.number
+        and ((x.state.name == "RUNNING" and x.number < t.number) or (x.state.name == "WAITING" and (not queued or x.number < t.number)))
+    )
     return finished(study) + ahead >= n
 
 

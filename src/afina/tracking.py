@@ -49,8 +49,10 @@ def prepare_local(url: str) -> None:
 
 def check_url(url: str, what: str) -> None:
     scheme = urlsplit(url).scheme.split("+")[0]
-    ok = {"mlflow_uri": ("sqlite", "postgresql", "mysql", "http", "https", "databricks"),
-          "optuna_storage": ("sqlite", "postgresql", "mysql")}[what]
+    ok = {
+        "mlflow_uri": ("sqlite", "postgresql", "mysql", "http", "https", "databricks"),
+        "optuna_storage": ("sqlite", "postgresql", "mysql"),
+    }[what]
     if scheme not in ok:
         raise UserError(f"tracking.{what} {redact(url)!r}: unsupported scheme {scheme!r}; use one of {', '.join(ok)}")
 
@@ -91,23 +93,45 @@ def parent_run(c, experiment_id: str, study, spec, spec_path: str) -> str:
             return run_id
         except Exception:  # the MLflow store was wiped; start a fresh parent
             pass
-    run = c.create_run(experiment_id, run_name=f"sweep-{spec.name}", tags={
-        f"{TAG}role": "sweep", f"{TAG}study": study.study_name, f"{TAG}spec": spec_path,
-        "mlflow.note.content": spec.description or f"afina sweep of {spec.name}",
-    })
+    run = c.create_run(
+        experiment_id,
+        run_name=f"sweep-{spec.name}",
+        tags={
+            f"{TAG}role": "sweep",
+            f"{TAG}study": study.study_name,
+            f"{TAG}spec": spec_path,
+            "mlflow.note.content": spec.description or f"afina sweep of {spec.name}",
+        },
+    )
     study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
-    log_params(c, run.info.run_id, {"model.ref": spec.model.ref, "model.method": spec.model.method,
-                                    "search.n_trials": spec.search.n_trials, "search.sampler": spec.search.sampler,
-                                    "search.pruner": spec.search.pruner, "search.objective": ",".join(spec.search.objectives)})
+    log_params(
+        c,
+        run.info.run_id,
+        {
+            "model.ref": spec.model.ref,
+            "model.method": spec.model.method,
+            "search.n_trials": spec.search.n_trials,
+            "search.sampler": spec.search.sampler,
+            "search.pruner": spec.search.pruner,
+            "search.objective": ",".join(spec.search.objectives),
+        },
+    )
     c.log_text(run.info.run_id, dump_spec(spec), "spec.yaml")
     return run.info.run_id
 
 
 def child_run(c, experiment_id: str, parent_id: str, study_name: str, number: int) -> str:
-    run = c.create_run(experiment_id, run_name=f"trial-{number}", tags={
-        "mlflow.parentRunId": parent_id, f"{TAG}role": "trial", f"{TAG}study": study_name,
-        f"{TAG}trial": str(number), f"{TAG}state": "RUNNING",
-    })
+    run = c.create_run(
+        experiment_id,
+        run_name=f"trial-{number}",
+        tags={
+            "mlflow.parentRunId": parent_id,
+            f"{TAG}role": "trial",
+            f"{TAG}study": study_name,
+            f"{TAG}trial": str(number),
+            f"{TAG}state": "RUNNING",
+        },
+    )
     return run.info.run_id
 
 
@@ -116,7 +140,7 @@ def log_params(c, run_id: str, params: dict[str, Any]) -> None:
 
     items = [Param(k, redact(_short(mask(k, v)))) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # MLflow's batch limit
-        c.log_batch(run_id, params=items[i:i + 100], synchronous=True)
+        c.log_batch(run_id, params=items[i : i + 100], synchronous=True)
 
 
 def log_metrics(c, run_id: str, metrics: dict[str, float], step: int, synchronous: bool = False) -> None:
@@ -129,10 +153,14 @@ def log_steps(c, run_id: str, rows: list[tuple[int, int, dict[str, float]]], syn
     """Many (step, time in ms, metrics) rows in as few writes as MLflow allows (1000 metrics per batch)."""
     from mlflow.entities import Metric
 
-    batch = [Metric(k, float(v), ms, step) for step, ms, metrics in rows for k, v in metrics.items()
-             if isinstance(v, (int, float)) and math.isfinite(v)]
+    batch = [
+        Metric(k, float(v), ms, step)
+        for step, ms, metrics in rows
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and math.isfinite(v)
+    ]
     for i in range(0, len(batch), 1000):
-        c.log_batch(run_id, metrics=batch[i:i + 1000], synchronous=synchronous)
+        c.log_batch(run_id, metrics=batch[i : i + 1000], synchronous=synchronous)
 
 
 def finish(c, run_id: str, state: str, reason: str | None = None) -> None:

@@ -21,7 +21,9 @@ from afina import data, distributed, generate, metrics, models, resilience, spac
 from afina.errors import UserError
 
 
-def run(spec, prepared: data.Prepared, trial, ctx: dict[str, Any], on_step: Callable[[int, int], None] | None = None) -> float | list[float]:
+def run(
+    spec, prepared: data.Prepared, trial, ctx: dict[str, Any], on_step: Callable[[int, int], None] | None = None
+) -> float | list[float]:
     """ctx holds the worker's fixed state: client, experiment_id, parent_id, model_dir, prompts."""
     import optuna
 
@@ -40,14 +42,23 @@ def run(spec, prepared: data.Prepared, trial, ctx: dict[str, Any], on_step: Call
         rows, counts = data.mix(prepared, choices, spec.data.seed)
         data_print = data.fingerprint(rows)
         trial.set_user_attr("data_fingerprint", data_print)
-        tracking.log_params(c, run_id, {**{f"param.{k}": v for k, v in params.items()},
-                                        **{f"train.{k}": v for k, v in train_kw.items()},
-                                        **{f"lora.{k}": v for k, v in lora_kw.items()},
-                                        **{f"slices.{n}.{a}": v for n, ch in choices.items() for a, v in ch.items()},
-                                        **{f"rows.{n}": v for n, v in counts.items()},
-                                        "rows.train": len(rows), "rows.eval": len(prepared.eval),
-                                        "data.fingerprint": data_print, **{f"data.{k}": v for k, v in prepared.fingerprints.items()},
-                                        "model.ref": spec.model.ref, "model.method": spec.model.method})
+        tracking.log_params(
+            c,
+            run_id,
+            {
+                **{f"param.{k}": v for k, v in params.items()},
+                **{f"train.{k}": v for k, v in train_kw.items()},
+                **{f"lora.{k}": v for k, v in lora_kw.items()},
+                **{f"slices.{n}.{a}": v for n, ch in choices.items() for a, v in ch.items()},
+                **{f"rows.{n}": v for n, v in counts.items()},
+                "rows.train": len(rows),
+                "rows.eval": len(prepared.eval),
+                "data.fingerprint": data_print,
+                **{f"data.{k}": v for k, v in prepared.fingerprints.items()},
+                "model.ref": spec.model.ref,
+                "model.method": spec.model.method,
+            },
+        )
         c.set_tag(run_id, f"{tracking.TAG}data_fingerprint", data_print)
         if not rows:
             raise optuna.TrialPruned("every slice is excluded by this trial's choices; nothing to train on")
@@ -102,21 +113,40 @@ def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir:
     every = eval_every(train_kw, len(rows), len(prepared.eval), spec.model.method == "full")
     train_kw.pop("eval_steps", None)
     args = SFTConfig(
-        output_dir=str(workdir), report_to="none", run_name=f"trial-{trial.number}",
-        eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every,
-        load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
-        save_total_limit=1, logging_nan_inf_filter=False, disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding", **{**device_defaults(), "logging_steps": 1, **train_kw},
+        output_dir=str(workdir),
+        report_to="none",
+        run_name=f"trial-{trial.number}",
+        eval_strategy="steps",
+        eval_steps=every,
+        save_strategy="steps",
+        save_steps=every,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        save_total_limit=1,
+        logging_nan_inf_filter=False,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        **{**device_defaults(), "logging_steps": 1, **train_kw},
     )
     peft_config = None
     if spec.model.method == "lora":
         from peft import LoraConfig
 
         peft_config = LoraConfig(task_type="CAUSAL_LM", **{"target_modules": "all-linear", **lora_kw})
-    train_ds, eval_ds = _datasets(prepared, rows, tok, args, ctx, attn, train_kw) if reuse else (data.to_dataset(rows), data.to_dataset(prepared.eval))
+    train_ds, eval_ds = (
+        _datasets(prepared, rows, tok, args, ctx, attn, train_kw) if reuse else (data.to_dataset(rows), data.to_dataset(prepared.eval))
+    )
     watch = _Watch(c, run_id, trial, total, on_step)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok,
-                         peft_config=peft_config, callbacks=[watch])
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tok,
+        peft_config=peft_config,
+        callbacks=[watch],
+    )
     for cb in (PrinterCallback, ProgressCallback):  # the rich display and MLflow are the outputs
         trainer.remove_callback(cb)
     if c is not None:
@@ -128,13 +158,21 @@ def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir:
     distributed.barrier()  # every rank has loaded the best weights before rank 0 removes the scratch folder
     if c is None:
         return []  # a follower rank: rank 0 keeps the books
-    results = {"eval_loss": best, "train_loss": out.training_loss, "train_runtime": out.metrics.get("train_runtime", 0.0),
-               "train_tokens": float(trainer.state.num_input_tokens_seen)}
-    tracking.log_metrics(c, run_id, {f"best_{k}" if k == "eval_loss" else k: v for k, v in results.items()}, trainer.state.global_step, synchronous=True)
+    results = {
+        "eval_loss": best,
+        "train_loss": out.training_loss,
+        "train_runtime": out.metrics.get("train_runtime", 0.0),
+        "train_tokens": float(trainer.state.num_input_tokens_seen),
+    }
+    tracking.log_metrics(
+        c, run_id, {f"best_{k}" if k == "eval_loss" else k: v for k, v in results.items()}, trainer.state.global_step, synchronous=True
+    )
     _keep_checkpoint(spec, trainer, tok, c, run_id, workdir, trial)
     scores = _samples(spec, trainer.model, tok, c, run_id, trial.number, ctx["prompts"])
     results = metrics.with_combined(spec, {**results, **scores})  # generation metrics, judge, weighted sums
-    tracking.log_metrics(c, run_id, {k: v for k, v in results.items() if k not in metrics.TRAIN_RESULTS}, trainer.state.global_step, synchronous=True)
+    tracking.log_metrics(
+        c, run_id, {k: v for k, v in results.items() if k not in metrics.TRAIN_RESULTS}, trainer.state.global_step, synchronous=True
+    )
     trial.set_user_attr("results", {k: float(v) for k, v in results.items() if math.isfinite(float(v))})
     missing = [o for o in spec.search.objectives if o not in results]
     if missing:
@@ -175,8 +213,13 @@ def device_defaults() -> dict[str, Any]:
     import torch
 
     if torch.cuda.is_available():
-        out = {"bf16": torch.cuda.is_bf16_supported(), "fp16": False, "optim": "adamw_torch_fused",
-               "tf32": torch.cuda.get_device_capability()[0] >= 8, "gradient_checkpointing": False}
+        out = {
+            "bf16": torch.cuda.is_bf16_supported(),
+            "fp16": False,
+            "optim": "adamw_torch_fused",
+            "tf32": torch.cuda.get_device_capability()[0] >= 8,
+            "gradient_checkpointing": False,
+        }
         if importlib.util.find_spec("liger_kernel") is not None:
             out["use_liger_kernel"] = True
         return out
@@ -233,10 +276,15 @@ def _samples(spec, model, tok, c, run_id: str, number: int, prompts: list[dict])
     """Answer the evaluation prompts, score them (metrics.py, judge.py), log the table; returns the scores."""
     if not prompts:
         return {}
-    outputs = generate.generate(model, tok, [p["prompt"] for p in prompts], spec.samples.max_new_tokens,
-                                spec.samples.temperature, spec.samples.system)
-    table = {"trial": [number] * len(prompts), "prompt": [p["prompt"] for p in prompts],
-             "reference": [p.get("reference") or "" for p in prompts], "output": outputs}
+    outputs = generate.generate(
+        model, tok, [p["prompt"] for p in prompts], spec.samples.max_new_tokens, spec.samples.temperature, spec.samples.system
+    )
+    table = {
+        "trial": [number] * len(prompts),
+        "prompt": [p["prompt"] for p in prompts],
+        "reference": [p.get("reference") or "" for p in prompts],
+        "output": outputs,
+    }
     scores, columns = metrics.evaluate(spec, prompts, outputs)
     c.log_table(run_id, {**table, **columns}, "samples.json")  # through the client: kept during an outage
     return scores
