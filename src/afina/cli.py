@@ -257,25 +257,64 @@ def sync(spec: SpecArg, tracking_uri: TrackingOpt = None):
     )
 
 
-def main() -> None:
-    import click
+def _cli_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, exits, aborts) of the click that typer runs on. typer >= 0.2x bundles its own copy
+    (`typer._click`), whose errors are not click's; older typer uses click itself. Catch both."""
+    import importlib
 
+    usage, exits, aborts = [], [typer.Exit], [typer.Abort]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(mod.ClickException)
+        exits += [getattr(mod, "Exit", typer.Exit)]
+        aborts += [getattr(mod, "Abort", typer.Abort)]
+    return tuple(usage), tuple(exits), tuple(aborts)
+
+
+def _usage_line(e: Exception) -> str:
+    """typer's own message, on one line, plus where to read the command's usage."""
+    ctx = getattr(e, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "afina"
+    if type(e).__name__ == "NoArgsIsHelpError":  # `afina` alone: the help was shown above
+        return f"no command given; pick one from the list above, then run `{path} COMMAND --help`"
+    msg = " ".join((e.format_message() if hasattr(e, "format_message") else str(e)).split())
+    msg = msg + " Run" if msg.endswith("?") else msg.rstrip(".") + "; run"
+    return f"{msg} `{path} --help`" if path != "afina" else f"{msg} `afina --help` (or `afina COMMAND --help`)"
+
+
+def main() -> None:
+    """Every way out is an exit code: 0 done, 1 refused/all trials failed, 2 bad input (one `error:` line), 130 Ctrl-C.
+
+    `afina` with no command prints the help on stdout and exits 2 (a usage error, so scripts notice)."""
     _offline_defaults()
     try:
-        code = app(standalone_mode=False)  # without standalone mode, typer.Exit(n) comes back as n
+        code = app(prog_name="afina", standalone_mode=False)  # without standalone mode, typer.Exit(n) comes back as n
         if isinstance(code, int) and code:
             sys.exit(code)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BaseException as e:  # typer/click's own classes, resolved only when something escaped
+        if isinstance(e, SystemExit):
+            raise
+        usage, exits, aborts = _cli_errors()
+        if isinstance(e, exits):
+            sys.exit(e.exit_code)
+        if isinstance(e, aborts):
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+        if not isinstance(e, usage):
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":
+            print(e.format_message())
+        print(f"error: {_usage_line(e)}", file=sys.stderr)
+        sys.exit(2 if e.exit_code in (1, 2) else e.exit_code)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,11 @@ def parse(entries: list, base_dir: Path | str = ".") -> list[Metric]:
             continue
         out.append(Metric(name or kind, kind, arg))
     names = [m.name for m in out]
+    for i, name in enumerate(names):  # each becomes an MLflow metric key and a report column
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
+            raise ValueError(
+                f"evaluate.metrics[{i}]: name {str(name)[:80]!r} is not allowed; use letters, digits, _ and - (at most 64 characters)"
+            )
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"evaluate.metrics: the name {dupes[0]!r} is used twice; give one of them `name: ...`")

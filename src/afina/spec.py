@@ -35,8 +35,20 @@ OWNED_TRAIN_FIELDS = {
 }
 
 
+# Names that become file names, MLflow keys and dotted search keys: short, and no dots, spaces or slashes.
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+NAME_RULE = "letters, digits, _ and - (starting with a letter or digit), at most 64 characters"
+MAX_NAME = 64
+Scalar = str | bool | int | float | None
+
+
+def _name_ok(name: Any) -> bool:
+    return isinstance(name, str) and len(name) <= MAX_NAME and re.fullmatch(NAME, name) is not None
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    # allow_inf_nan=False: .inf or .nan anywhere (bounds, weights, timeouts) is a typo, not a setting
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 class Model(Strict):
@@ -50,7 +62,7 @@ class Model(Strict):
 class Slice(Strict):
     path: str | list[str]
     """File, glob or list of them (jsonl, json, csv, parquet) or a `datasets.save_to_disk` folder."""
-    where: dict[str, Any] = {}
+    where: dict[str, Scalar | list[Scalar]] = {}
     """Keep rows whose column equals a value or is in a list, e.g. {category: [REFUND, ORDER]}."""
     format: Literal["auto", "messages", "prompt_completion", "text"] = "auto"
     columns: dict[str, str] = {}
@@ -96,6 +108,9 @@ class Data(Strict):
     def _not_empty(cls, v):
         if not v:
             raise ValueError("data.slices is empty: name at least one slice, e.g. faq: {path: data/faq.jsonl}")
+        for name in v:  # slice names become search keys (slices.NAME.weight), MLflow params and file names
+            if not _name_ok(name):
+                raise ValueError(f"slice name {str(name)[:80]!r} is not allowed; use {NAME_RULE}, e.g. faq_v2")
         return v
 
     @model_validator(mode="after")
@@ -114,13 +129,19 @@ class Dim(Strict):
     int: tuple[builtins.int, builtins.int] | None = None
     categorical: list[Any] | None = None
     log: bool = False
-    step: builtins.float | None = None
+    step: builtins.float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _one_kind(self):
         kinds = [k for k in ("float", "int", "categorical") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError("a search dimension needs exactly one of float: [lo, hi], int: [lo, hi], categorical: [..]")
+        if self.log and self.step is not None and not (self.int and self.step == 1):
+            raise ValueError("log: true and step cannot be combined (Optuna samples a log scale without steps); drop one")
+        if self.int and self.step is not None and self.step != builtins.int(self.step):
+            raise ValueError(f"an int dimension needs a whole step, not {self.step}")
+        if self.categorical and not all(isinstance(c, (str, builtins.int, builtins.float, bool)) for c in self.categorical):
+            raise ValueError("categorical choices must be plain values (text, numbers, true/false), not lists or mappings")
         bounds = self.float or self.int
         if bounds and not bounds[0] < bounds[1]:
             raise ValueError(f"bounds {list(bounds)} must be [low, high] with low < high")
@@ -132,7 +153,7 @@ class Dim(Strict):
 
 
 class Search(Strict):
-    space: dict[str, Dim] = {}
+    space: dict[str, Dim]
     """Dotted keys: train.<SFTConfig field>, lora.<LoraConfig field>, slices.<name>.include|weight|fraction."""
     n_trials: int = Field(10, ge=1)
     timeout: float | None = Field(None, gt=0)
@@ -147,18 +168,20 @@ class Search(Strict):
     objective: str | list[str] = "eval_loss"
     direction: Literal["minimize", "maximize"] | list[Literal["minimize", "maximize"]] | None = None
     """Defaults to minimize for names ending in loss/runtime/tokens/unparsed, maximize otherwise."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     heartbeat: int | None = Field(60, ge=1)
     """Seconds between a worker's heartbeats; a trial silent for 3 beats is failed and retried."""
 
-    @field_validator("space")
+    @model_validator(mode="before")
     @classmethod
-    def _space_not_empty(cls, v):
-        if not v:
+    def _space_given(cls, data):
+        # A forgotten space would run n_trials identical trials; searching nothing must be said out loud.
+        if isinstance(data, dict) and "space" not in data:
             raise ValueError(
-                "search.space is empty: add at least one dimension, e.g. train.learning_rate: {float: [1e-5, 1e-3], log: true}"
+                "search.space is missing: add dimensions, e.g. train.learning_rate: {float: [1.0e-5, 1.0e-3], log: true}, "
+                "or write `space: {}` to train the fixed settings n_trials times"
             )
-        return v
+        return data
 
     @property
     def objectives(self) -> list[str]:
@@ -232,9 +255,17 @@ class Evaluate(Strict):
     path: str | None = None
     """A jsonl of {prompt, reference} rows evaluated (and sampled) besides samples.prompts."""
 
+    @field_validator("combine")
+    @classmethod
+    def _combine_names(cls, v):
+        for name in v:  # each becomes an MLflow metric key
+            if not _name_ok(name):
+                raise ValueError(f"name {str(name)[:80]!r} is not allowed; use {NAME_RULE}")
+        return v
+
 
 class Tracking(Strict):
-    experiment: str | None = None
+    experiment: str | None = Field(None, min_length=1, max_length=200)
     """MLflow experiment name; defaults to the spec's name."""
     mlflow_uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_root: str = "mlruns/artifacts"
@@ -244,9 +275,9 @@ class Tracking(Strict):
 
 
 class Promote(Strict):
-    model_name: str | None = None
+    model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME)
     """Registered model name; defaults to the spec's name."""
-    alias: str = "champion"
+    alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", max_length=MAX_NAME)
     margin: float = Field(0.0, ge=0)
     """The candidate must beat the champion by more than this on the promotion set."""
     path: str | list[str] | None = None
@@ -256,7 +287,7 @@ class Promote(Strict):
 
 
 class Spec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME)
     """Study name, and the default MLflow experiment and registered model name."""
     description: str = ""
     model: Model = Model()
@@ -287,22 +318,23 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _space_keys(self):
-        for key in self.search.space:
+        for key, dim in self.search.space.items():
             section, _, rest = key.partition(".")
             if section == "train":
-                _check_field(rest, f"search.space.{key!r}: train", sft_fields())
+                _check_dim(rest, f"search.space.{key!r}: train", sft_fields(), dim)
             elif section == "lora":
                 if self.model.method != "lora":
                     raise ValueError(f"search.space.{key}: lora fields need model.method: lora")
-                _check_field(rest, f"search.space.{key!r}: lora", lora_fields())
+                _check_dim(rest, f"search.space.{key!r}: lora", lora_fields(), dim)
             elif section == "slices":
                 name, _, attr = rest.partition(".")
                 if name not in self.data.slices:
                     raise ValueError(f"search.space.{key}: unknown slice {name!r}{_hint(name, self.data.slices)}")
-                if attr not in ("include", "weight", "fraction"):
+                if attr not in SLICE_RANGES:
                     raise ValueError(
                         f"search.space.{key}: slices can search include, weight or fraction{_hint(attr, ['include', 'weight', 'fraction'])}"
                     )
+                _check_slice_dim(key, attr, dim)
             else:
                 raise ValueError(
                     f"search.space.{key}: keys start with train., lora. or slices.{_hint(section, ['train', 'lora', 'slices'])}"
@@ -396,6 +428,34 @@ def _check_field(key: str, where: str, valid: dict[str, Any], value: Any = None)
             raise ValueError(f"{where}.{key} must be a number, not {value!r}")
 
 
+# What a searched slice attribute may take, the same bounds as the fixed Slice fields.
+SLICE_RANGES = {"include": None, "weight": (0.0, 1.0, "between 0 and 1"), "fraction": (0.0, 1.0, "above 0 and at most 1")}
+
+
+def _check_slice_dim(key: str, attr: str, dim: Dim) -> None:
+    values = dim.categorical if dim.categorical is not None else list(dim.float or dim.int or ())
+    if attr == "include":
+        if dim.categorical is None or not all(isinstance(v, bool) for v in values):
+            raise ValueError(f"search.space.{key}: include takes {{categorical: [true, false]}}")
+        return
+    low, high, words = SLICE_RANGES[attr]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high or (attr == "fraction" and v == 0):
+            raise ValueError(f"search.space.{key}: {v!r} is out of range; a slice's {attr} is {words}")
+
+
+def _check_dim(key: str, where: str, valid: dict[str, Any], dim: Dim) -> None:
+    """The field exists, and every value the dimension can take has the field's type."""
+    _check_field(key, where, valid)
+    if dim.categorical is not None:
+        for value in dim.categorical:
+            _check_field(key, where, valid, value)
+        return
+    default = valid[key]
+    if isinstance(default, bool) or isinstance(default, str):
+        raise ValueError(f"{where}.{key} is {'true/false' if isinstance(default, bool) else 'text'}; search it with categorical: [..]")
+
+
 def _nearest_key(model: type[BaseModel], loc: tuple) -> str:
     """Walk the schema along `loc` to suggest a valid key for an unknown one."""
     cls: Any = model
@@ -409,8 +469,59 @@ def _nearest_key(model: type[BaseModel], loc: tuple) -> str:
     return _hint(str(loc[-1]), getattr(cls, "model_fields", {}).keys())
 
 
+MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything bigger is a mistake (or an attack)
+MAX_NODES = 100_000  # YAML nodes after expanding aliases: a few anchors are fine, an alias bomb is not
+
+
 class _Loader(yaml.SafeLoader):
-    """PyYAML follows YAML 1.1, which reads 1e-4 as a string; accept it as the float people mean."""
+    """PyYAML's safe loader, stricter: a key twice in one mapping is an error (PyYAML keeps the last one
+    silently), and aliases may not expand the document past MAX_NODES nodes (billion laughs) or into
+    itself. PyYAML follows YAML 1.1, which reads 1e-4 as a string; accept it as the float people mean."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _expanded_size(node, {}, set())
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, Any], Any] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key_node.value!r} (first on line {seen[key].line + 1}); keep one of them",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node, sizes: dict[int, int], open_: set[int]) -> int:
+    """Nodes in the document with every alias expanded (memoised, so a bomb is measured, not expanded)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        raise yaml.composer.ComposerError(None, None, "an alias refers to a node that contains it; remove the recursion", node.start_mark)
+    open_.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    else:
+        children = []
+    size = 1 + sum(_expanded_size(c, sizes, open_) for c in children)
+    open_.discard(id(node))
+    if size > MAX_NODES:
+        raise yaml.composer.ComposerError(
+            None, None, f"aliases expand this document past {MAX_NODES} values (an alias bomb?); write the values out", node.start_mark
+        )
+    sizes[id(node)] = size
+    return size
 
 
 _Loader.add_implicit_resolver(
@@ -420,17 +531,46 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _message(err: dict) -> str:
+    """One pydantic error as `field: what is wrong`, in the spec's own words where pydantic's are vague."""
+    parts = [str(p) for p in err["loc"]]
+    if "where" in parts:  # a union of value/list: pydantic lists one error per branch
+        loc = ".".join(parts[: parts.index("where") + 2])
+        return f"{loc}: give a value or a list of values, e.g. where: {{category: [REFUND, ORDER]}}"
+    # union branches show up as extra loc parts such as 'list[str]' or 'function-after[...]'
+    loc = ".".join(p for p in parts if "[" not in p)
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "string_pattern_mismatch":
+        msg = f"{str(err['input'])[:80]!r} is not allowed; use {NAME_RULE}"
+    elif err["type"] in ("finite_number",):
+        msg = "must be a finite number (not .inf or .nan)"
+    return f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg
+
+
 def load(path: str | Path) -> Spec:
     """Read and validate a spec file; raise UserError with one line naming the field and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such spec file; pass the path of a YAML spec, e.g. experiments/quickstart.yaml")
+        what = "is a folder, not a spec file" if path.is_dir() else "no such spec file"
+        raise UserError(f"{path}: {what}; pass the path of a YAML spec, e.g. experiments/quickstart.yaml")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise UserError(f"{path}: a spec of {path.stat().st_size} bytes is too big (at most {MAX_SPEC_BYTES}); is it the right file?")
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: is not UTF-8 text (bad byte at offset {e.start}); save the spec as UTF-8") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror}); check the file and its permissions") from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+        problem = " ".join((getattr(e, "problem", None) or str(e)).split())
+        if "single document" in f"{getattr(e, 'context', '')} {problem}":
+            problem = "it holds several YAML documents (---); keep one spec per file"
+        fix = "" if ";" in problem else "; fix the syntax"
+        raise UserError(f"{path}:{where} is not valid YAML ({problem}){fix}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a spec is a YAML mapping with name, data and search sections")
     try:
@@ -442,8 +582,7 @@ def load(path: str | Path) -> Spec:
         if err["type"] == "extra_forbidden":
             hint = _nearest_key(Spec, err["loc"])
             raise UserError(f"{path}: unknown key '{loc}'{hint}") from None
-        msg = err["msg"].removeprefix("Value error, ")
-        raise UserError(f"{path}: {loc}: {msg}" if loc else f"{path}: {msg}") from None
+        raise UserError(f"{path}: {_message(err)}") from None
     for key, value in spec.train.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{path}: train.{key} must be a finite number")
