@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from afina.errors import UserError
+from afina.errors import RunFailed, UserError
 
 # rich_markup_mode=None: plain click help, so `afina --help` never imports rich (a third of its start-up)
 app = typer.Typer(
@@ -110,19 +110,10 @@ def ui(
     artifact_root: Annotated[str, typer.Option(help="Artifact folder of a local store")] = "mlruns/artifacts",
 ):
     """Open the MLflow UI on the project's store (mlruns/)."""
-    import subprocess
-
-    from afina import tracking
+    from afina import server as server_mod
 
     uri = tracking_uri or os.environ.get("AFINA_TRACKING_URI") or "sqlite:///mlruns/mlflow.db"
-    path = tracking.sqlite_path(uri)
-    if path is not None and not path.is_file():
-        raise UserError(f"no MLflow store at {path}; run `afina sweep` first or pass --tracking-uri")
-    typer.echo(f"MLflow UI on http://{host}:{port} (store {tracking.redact(uri)}); Ctrl-C stops it")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    if path is not None:
-        cmd += ["--default-artifact-root", Path(artifact_root).resolve().as_uri()]
-    raise typer.Exit(subprocess.call(cmd))
+    raise typer.Exit(server_mod.ui(uri, host, port, artifact_root))
 
 
 ModelUriArg = Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder")]
@@ -294,9 +285,11 @@ def main() -> None:
         code = app(prog_name="afina", standalone_mode=False)  # without standalone mode, typer.Exit(n) comes back as n
         if isinstance(code, int) and code:
             sys.exit(code)
-    except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+    except (UserError, RunFailed) as e:
+        from afina.tracking import redact  # the last line of defence: no message shows a password
+
+        print(f"error: {redact(' '.join(str(e).split()))}", file=sys.stderr)
+        sys.exit(1 if isinstance(e, RunFailed) else 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

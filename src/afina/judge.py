@@ -16,6 +16,8 @@ import re
 import urllib.error
 import urllib.request
 
+from afina.tracking import redact
+
 PROMPT = """You are grading an answer from a customer-facing assistant.
 Rubric: {rubric}
 
@@ -130,10 +132,10 @@ def _http(cfg, content: str) -> str:
             text = resp.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as e:
         raise RuntimeError(
-            f"judge endpoint {url} answered HTTP {e.code} ({e.reason}); check evaluate.judge.url, name and the key in ${cfg.api_key_env or '-'}"
+            f"judge endpoint {redact(url)} answered HTTP {e.code} ({e.reason}); check evaluate.judge.url, name and the key in ${cfg.api_key_env or '-'}"
         ) from None
     except (urllib.error.URLError, TimeoutError, OSError) as e:
-        raise RuntimeError(f"judge endpoint {url} is unreachable ({getattr(e, 'reason', e)}); start it or fix evaluate.judge.url") from None
+        raise RuntimeError(f"judge endpoint {redact(url)} is unreachable ({getattr(e, 'reason', e)}); start it or fix evaluate.judge.url") from None
     try:
         return json.loads(text)["choices"][0]["message"]["content"] or ""
     except (ValueError, KeyError, IndexError, TypeError):

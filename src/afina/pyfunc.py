@@ -117,12 +117,10 @@ def fetched(uri: str, tracking_uri: str | None = None) -> Iterator[Path]:
 
 
 def check_store(uri: str) -> None:
-    """A missing SQLite store is a typo, not a request to create an empty one."""
+    """A missing SQLite store is a typo, not a request to create an empty one; a dead one is one line."""
     from afina import tracking
 
-    path = tracking.sqlite_path(uri)
-    if path is not None and not path.is_file():
-        raise UserError(f"no MLflow store at {path}; run `afina sweep` first or pass --tracking-uri")
+    tracking.check_store(uri, "--tracking-uri")
 
 
 def quiet() -> None:

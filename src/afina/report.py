@@ -69,7 +69,7 @@ def refresh_quietly(spec, study, c, parent_id: str, console=None, force: bool = 
         return out
     except Exception as e:
         if console is not None:
-            console.print(f"[yellow]report not refreshed[/]: {type(e).__name__}: {e}")
+            console.print(f"[yellow]report not refreshed[/]: {tracking.redact(f'{type(e).__name__}: {e}')}")
         return None
 
 

@@ -282,10 +282,11 @@ def probe_sql(url: str, what: str) -> None:
     import sqlalchemy
 
     path = tracking.sqlite_path(url)
+    label = what if what.startswith("-") else f"tracking.{what}"
     if path is not None and not path.exists():
-        writable(path.parent, f"tracking.{what} {url}")
+        writable(path.parent, f"{label} {url}")
         return
-    where = f"tracking.{what} {tracking.redact(url)!r}"
+    where = f"{label} {tracking.redact(url)!r}"
     kw = {"connect_args": {"connect_timeout": 5}} if url.startswith("postgresql") else {}
     try:
         engine = sqlalchemy.create_engine(url, **kw)

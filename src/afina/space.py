@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from afina.errors import UserError
 
 
 def suggest(trial, space: dict) -> dict[str, Any]:
@@ -49,3 +53,80 @@ def apply(spec, params: dict[str, Any]) -> tuple[dict, dict, dict[str, dict]]:
             name, _, attr = rest.partition(".")
             slices[name][attr] = value
     return train, lora, slices
+
+
+# Ranges SFTConfig and LoraConfig do not check themselves: a value outside fails every trial.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "train.learning_rate": (lambda v: v > 0, "above 0"),
+    "train.per_device_train_batch_size": (lambda v: v >= 1, "at least 1"),
+    "train.per_device_eval_batch_size": (lambda v: v >= 1, "at least 1"),
+    "train.gradient_accumulation_steps": (lambda v: v >= 1, "at least 1"),
+    "train.num_train_epochs": (lambda v: v > 0, "above 0"),
+    "train.max_steps": (lambda v: v > 0 or v == -1, "above 0 (or -1 to train num_train_epochs)"),
+    "train.max_length": (lambda v: v >= 1, "at least 1"),
+    "train.eval_steps": (lambda v: v > 0, "above 0"),
+    "train.logging_steps": (lambda v: v > 0, "above 0"),
+    "train.warmup_steps": (lambda v: v >= 0, "0 or more"),
+    "train.weight_decay": (lambda v: v >= 0, "0 or more"),
+    "train.max_grad_norm": (lambda v: v >= 0, "0 or more"),
+    "train.seed": (lambda v: 0 <= v < 2**32, "between 0 and 2**32 - 1"),
+    "lora.r": (lambda v: v >= 1, "at least 1"),
+    "lora.lora_alpha": (lambda v: v > 0, "above 0"),
+    "lora.lora_dropout": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+}
+
+
+def field_kinds(cls) -> dict[str, tuple[str | None, bool]]:
+    """Field -> (int | number | bool | str | None when anything goes, None allowed) from a config dataclass's annotations."""
+    import dataclasses
+    import re
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        words = set(re.findall(r"[A-Za-z_]+", str(f.type))) - {"class", "typing", "Union", "Optional"}
+        nullable = bool(words & {"None", "NoneType"})
+        words -= {"None", "NoneType"}
+        kind = {"int": "int", "bool": "bool", "str": "str", "float": "number"}.get(next(iter(words))) if len(words) == 1 else None
+        out[f.name] = ("number" if words == {"int", "float"} else kind, nullable)
+    return out
+
+
+def points(spec) -> list[tuple[str, dict[str, Any]]]:
+    """The settings a trial can meet at the edges: the fixed spec, then each dimension at each end
+    (numeric: low and the highest reachable value) and at every categorical choice, the others fixed."""
+    out: list[tuple[str, dict[str, Any]]] = [("the spec's fixed train/lora settings", {})]
+    for key, dim in spec.search.space.items():
+        if dim.categorical is not None:
+            values = list(dim.categorical)
+        else:
+            low, high = dim.int or dim.float
+            step = dim.step or (1 if dim.int is not None else None)
+            top = low + math.floor((high - low) / step + 1e-9) * step if step else high
+            values = [low, int(top) if dim.int is not None else float(top)]
+        out += [(f"search.space.{key}", {key: v}) for v in values]
+    return out
+
+
+def check_values(train: dict, lora: dict, kinds: dict[str, dict], where: str) -> None:
+    """Types and ranges of one point's settings, in the user's words."""
+    for section, values in (("train", train), ("lora", lora)):
+        for key, value in values.items():
+            kind, nullable = kinds[section].get(key, (None, True))
+            name = f"{section}.{key}"
+            if value is None:
+                if not nullable and kind is not None:
+                    raise UserError(f"{where}: {name} cannot be null")
+                continue
+            ok = {
+                "int": isinstance(value, int) and not isinstance(value, bool),
+                "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+                "bool": isinstance(value, bool),
+                "str": isinstance(value, str),
+                None: True,
+            }[kind]
+            if not ok:
+                words = {"int": "a whole number", "number": "a number", "bool": "true or false", "str": "text"}[kind]
+                raise UserError(f"{where}: {name} must be {words}, not {value!r}")
+            rule = RULES.get(name)
+            if rule and isinstance(value, (int, float)) and not rule[0](value):
+                raise UserError(f"{where}: {name} = {value!r} is out of range; it must be {rule[1]}")

@@ -273,6 +273,20 @@ class Tracking(Strict):
     checkpoint_dir: str = "mlruns/checkpoints"
     """Scratch space for a running trial's checkpoints; the kept one goes to MLflow."""
 
+    @field_validator("artifact_root", "checkpoint_dir")
+    @classmethod
+    def _local_folder(cls, v: str, info):
+        # A local store writes artifacts into a folder; "s3://b/p" would become a folder named "s3:".
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", v)
+        if scheme and scheme.group(1).lower() == "file":
+            return v[len("file://") :]
+        if scheme:
+            raise ValueError(
+                f"{v!r} is not a local folder; for {scheme.group(1)}:// artifacts run `afina server --artifacts-destination {v}` "
+                "and set tracking.mlflow_uri to that server (http://HOST:5000)"
+            )
+        return v
+
 
 class Promote(Strict):
     model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME)
@@ -414,9 +428,15 @@ def _hint(word: str, choices) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
+# Secret-holding config fields (hub_token, ...): refused, so a secret never reaches a run, an artifact or a pickle.
+SECRET_FIELDS = re.compile(r"(^|_)(hub|auth|access|api)_?(token|key)$|passw|secret|credential", re.I)
+
+
 def _check_field(key: str, where: str, valid: dict[str, Any], value: Any = None) -> None:
     if key in OWNED_TRAIN_FIELDS and where.endswith("train"):
         raise ValueError(f"{where}.{key} is managed by afina; remove it")
+    if SECRET_FIELDS.search(key):
+        raise ValueError(f"{where}.{key} holds a secret, which afina never writes into a spec or run; remove it (afina never uploads to a hub)")
     if key not in valid:
         raise ValueError(f"{where}.{key} is not a known field{_hint(key, valid)}")
     default = valid[key]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from afina.tracking import redact
+
 ORDER = {"COMPLETE": 0, "RUNNING": 1, "PRUNED": 2, "FAIL": 3, "WAITING": 4}
 
 
@@ -33,7 +35,7 @@ def rows(study) -> list[dict]:
                 "params": t.params,
                 "duration": duration,
                 "run_id": run_id(t, study, known),
-                "reason": t.user_attrs.get("fail_reason", ""),
+                "reason": redact(t.user_attrs.get("fail_reason", "")),  # studies written before redaction too
                 "_key": key,
             }
         )

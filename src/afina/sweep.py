@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from afina import check, data, distributed, metrics, models, resilience, tracking
-from afina.errors import UserError
+from afina.errors import RunFailed, UserError
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -79,9 +79,11 @@ def storage(url: str, heartbeat: int | None = None, read_only: bool = False):
 
     kw: dict[str, Any] = {}
     if read_only:
+        tracking.check_url(url, "optuna_storage")
         path = tracking.sqlite_path(url)
         if path is not None and not path.is_file():
             raise UserError(f"no Optuna storage at {path}; run `afina sweep` first or pass --storage")
+        resilience.probe_sql(url, "optuna_storage")  # a dead server: one line, not Optuna's internal error
         kw = {"skip_compatibility_check": True, "skip_table_creation": True}
     else:
         tracking.prepare_local(url)
@@ -101,7 +103,7 @@ def storage(url: str, heartbeat: int | None = None, read_only: bool = False):
                 if attempt == 2 or (isinstance(e, sqlalchemy.exc.OperationalError) and "already exists" not in str(e)):
                     raise
                 time.sleep(1 + attempt)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
         raise UserError(
             f"tracking.optuna_storage {tracking.redact(url)!r} is unusable ({str(e).splitlines()[0][:160]}); check the URL, server and credentials"
         ) from None
@@ -141,6 +143,7 @@ def validate(spec) -> tuple[data.Prepared, Any, list[dict]]:
     """Everything that can be wrong with the input, checked before anything is written."""
     tracking.check_url(spec.tracking.mlflow_uri, "mlflow_uri")
     tracking.check_url(spec.tracking.optuna_storage, "optuna_storage")
+    check_space(spec)  # values every trial would fail on, at the space's edges
     sampler(spec.search), pruner(spec.search)  # bad *_args fail here, before the study exists
     resilience.preflight(spec)  # both stores answer and the folders take files, before anything is created
     prepared = data.prepare(spec, collect=True)  # unmappable rows become check errors, listed together
@@ -155,6 +158,31 @@ def validate(spec) -> tuple[data.Prepared, Any, list[dict]]:
             f"the data has {len(prepared.report.errors)} errors (first: {first}); run `afina check` on the spec to see them all"
         )
     return prepared, model_dir, prompts
+
+
+def check_space(spec) -> None:
+    """Build the real SFTConfig and LoraConfig at the fixed settings and at each end of every dimension
+    (every categorical choice), after checking types and ranges the config classes leave to training."""
+    import warnings
+    from pathlib import Path
+
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    from afina import space, trial
+
+    kinds = {"train": space.field_kinds(SFTConfig), "lora": space.field_kinds(LoraConfig)}
+    scratch = Path(spec.tracking.checkpoint_dir) / "afina-check"  # never created: the configs only name it
+    for where, params in space.points(spec):
+        train_kw, lora_kw, _ = space.apply(spec, params)
+        space.check_values(train_kw, lora_kw if spec.model.method == "lora" else {}, kinds, where)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                trial.configs(spec, train_kw, lora_kw, scratch, 1)
+        except (TypeError, ValueError, KeyError) as e:
+            msg = " ".join(str(e).split())[:300] or type(e).__name__
+            raise UserError(f"{where}: TRL/PEFT refuse these settings ({msg}); fix the train/lora values or the search range") from None
 
 
 def run(spec, spec_path: str, console, progress: bool = True):
@@ -179,7 +207,7 @@ def run(spec, spec_path: str, console, progress: bool = True):
             dict(spec.train), sum(map(len, prepared.slices.values())), len(prepared.eval), spec.model.method == "full"
         ),
     )
-    c = resilience.Guard(tracking.client(spec.tracking.mlflow_uri), resilience.fallback_dir(spec), spec.tracking.mlflow_uri)
+    c = resilience.Guard(tracking.client(spec.tracking.mlflow_uri, must_exist=False), resilience.fallback_dir(spec), spec.tracking.mlflow_uri)
     with _exclusive(study):  # workers starting together share one experiment, parent run and requeue
         experiment_id = tracking.experiment(c, spec.experiment, spec.tracking.artifact_root, spec.tracking.mlflow_uri)
         parent_id = tracking.parent_run(c, experiment_id, study, spec, spec_path)
@@ -227,7 +255,7 @@ def run(spec, spec_path: str, console, progress: bool = True):
             return
         if frozen.state.name in ("FAIL", "PRUNED"):
             why = frozen.user_attrs.get("fail_reason") or frozen.user_attrs.get("prune_reason") or ""
-            bar.console.print(f"trial {frozen.number} {frozen.state.name.lower()}: {why}".rstrip(": "))
+            bar.console.print(tracking.redact(f"trial {frozen.number} {frozen.state.name.lower()}: {why}".rstrip(": ")), markup=False)
         bar.update(trials_task, completed=finished(study), description=f"trials · best {_best_text(study)}")
         _log_best(c, parent_id, study)
         if frozen.state.name == "COMPLETE":
@@ -265,7 +293,28 @@ def run(spec, spec_path: str, console, progress: bool = True):
         console.print(f"Interrupted. Run `afina sweep {spec_path}` again to resume.")
         raise KeyboardInterrupt
     console.print(f"Open the runs: [bold]{ui}[/] (then http://127.0.0.1:5000)")
+    if why := all_failed(study):
+        raise RunFailed(why)
     return study
+
+
+def all_failed(study) -> str | None:
+    """Why the sweep achieved nothing, when no trial of the study completed or was pruned and some failed."""
+    from collections import Counter
+
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state.name in ("COMPLETE", "PRUNED") for t in trials):
+        return None
+    reasons = Counter(
+        tracking.redact(t.user_attrs.get("fail_reason") or "no reason recorded")
+        for t in trials
+        if t.state.name == "FAIL" and not (t.user_attrs.get("surplus") or t.user_attrs.get("interrupted"))
+    )
+    if not reasons:
+        return None
+    (reason, n), total = reasons.most_common(1)[0], sum(reasons.values())
+    same = "for the same reason" if n == total else f"({n} of them for this reason)"
+    return f"all {total} trials failed {same}: {reason}; see error.txt on a trial's MLflow run"
 
 
 def record_run_ids(study, ids: dict[str, str]) -> None:

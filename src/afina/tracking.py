@@ -18,23 +18,48 @@ from afina.errors import UserError
 TAG = "afina."  # prefix of every tag afina writes
 
 
-def redact(url: str) -> str:
-    """Hide the password in a storage URL before it is printed or logged."""
-    return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", url)
+# A URL inside any text: scheme://... up to whitespace, a quote or a bracket.
+_URL = re.compile(r"""\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>`]+""")
+_SECRET_QUERY = re.compile(r"(?i)([?&;][^=&#\s]*(?:passw|pwd|token|secret|api_?key|apikey|credential|signature|sig\b|auth)[^=&#\s]*=)[^&#\s]*")
+_SECRET_PAIR = re.compile(r"(?i)\b((?:password|passwd|pwd|api_?key|token|secret)\s*=\s*)(?!\*\*\*)[^\s&;,'\")]+")
 
 
-SECRET = re.compile(r"token|passw|secret|api_?key|credential", re.I)  # param/field names whose values are masked
+def redact(text: str) -> str:
+    """Hide credentials in any text before it is printed or written: the password of every URL in it
+    (database URLs and HTTP ones alike, including passwords with / or @ and `http://:token@host`),
+    secret-named query parameters (?password=, ?token=, ?api_key=, ...) and `password=...` pairs."""
+    if not isinstance(text, str) or ("://" not in text and "=" not in text):
+        return text
+    return _SECRET_PAIR.sub(r"\1***", _URL.sub(lambda m: _redact_url(m.group(0)), text))
+
+
+def _redact_url(url: str) -> str:
+    """One URL. The user info ends at the LAST @ before the query: hosts never contain @, while raw
+    passwords may (SQLAlchemy's make_url and urlsplit both split at the first one, or at a /, and leak the rest)."""
+    scheme, _, rest = url.partition("://")
+    head, sep, query = rest.partition("?")
+    at = head.rfind("@")
+    if at >= 0:
+        user, colon, _ = head[:at].partition(":")
+        head = f"{user}:***@{head[at + 1 :]}" if colon else head
+    query = _SECRET_QUERY.sub(r"\1***", "?" + query)[1:] if sep else query
+    return f"{scheme}://{head}{sep}{query}"
+
+
+SECRET_KEY = re.compile(r"token|passw|secret|api_?key|credential", re.I)
 
 
 def mask(key: str, value: Any) -> Any:
     """A secret-named field's value becomes ***; passwords inside URLs are hidden everywhere."""
-    if SECRET.search(key) and value not in (None, ""):
+    if SECRET_KEY.search(key) and value not in (None, ""):
         return "***"
     return redact(value) if isinstance(value, str) else value
 
 
 def sqlite_path(url: str) -> Path | None:
-    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:"):
+        return None
+    return Path(url.removeprefix("sqlite:///").partition("?")[0])
 
 
 def prepare_local(url: str) -> None:
@@ -47,14 +72,21 @@ def prepare_local(url: str) -> None:
             raise UserError(f"cannot create {path.parent} for {url} ({e.strerror}); choose a writable folder") from None
 
 
-def check_url(url: str, what: str) -> None:
+def check_url(url: str, what: str, label: str | None = None) -> None:
+    label = label or f"tracking.{what}"
     scheme = urlsplit(url).scheme.split("+")[0]
     ok = {
         "mlflow_uri": ("sqlite", "postgresql", "mysql", "http", "https", "databricks"),
         "optuna_storage": ("sqlite", "postgresql", "mysql"),
     }[what]
     if scheme not in ok:
-        raise UserError(f"tracking.{what} {redact(url)!r}: unsupported scheme {scheme!r}; use one of {', '.join(ok)}")
+        raise UserError(f"{label} {redact(url)!r}: unsupported scheme {scheme!r}; use one of {', '.join(ok)}")
+    if scheme == "sqlite" and (sqlite_path(url) is None or str(sqlite_path(url)) in ("", ":memory:")):
+        raise UserError(f"{label} {url!r}: an in-memory SQLite store forgets everything at exit; use a file, e.g. sqlite:///mlruns/mlflow.db")
+    if scheme in ("postgresql", "mysql"):
+        netloc = url.partition("://")[2].partition("/")[0]
+        if netloc.count("@") > 1:  # SQLAlchemy would read the rest of the password as the host name
+            raise UserError(f"{label} {redact(url)!r}: the password contains '@'; write it as %40 (and '/' as %2F)")
 
 
 def absolute(url: str) -> str:
@@ -64,10 +96,28 @@ def absolute(url: str) -> str:
     return f"sqlite:///{path.resolve()}" if path is not None and not path.is_absolute() else url
 
 
-def client(uri: str):
+def check_store(uri: str, label: str = "tracking.mlflow_uri") -> None:
+    """An existing MLflow store that answers, for commands that read one: a missing SQLite file is a
+    typo (connecting would create an empty store), a dead server is one line instead of MLflow's retries."""
+    from afina import resilience
+
+    check_url(uri, "mlflow_uri", label)
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise UserError(f"no MLflow store at {path}; run `afina sweep` first or pass --tracking-uri")
+    if uri.startswith(("http://", "https://")):
+        resilience.probe_http(uri)
+    elif not uri.startswith("databricks"):
+        resilience.probe_sql(uri, label)
+
+
+def client(uri: str, must_exist: bool = True):
+    """An MLflow client on the store; with must_exist (every command but sweep, which checked it already) it is probed first."""
     import mlflow
     from mlflow import MlflowClient
 
+    if must_exist:
+        check_store(uri)
     uri = absolute(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -177,12 +227,19 @@ def _short(v: Any) -> str:
     return s if len(s) <= 6000 else s[:5997] + "..."
 
 
+def scrub(value: Any, key: str = "") -> Any:
+    """A nested structure with secret-named values masked and every string redacted."""
+    if isinstance(value, dict):
+        return {k: scrub(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v, key) for v in value]
+    return mask(key, value)
+
+
 def dump_spec(spec, overrides: dict[str, Any] | None = None) -> str:
     import yaml
 
-    data = spec.model_dump(mode="json", exclude={"base_dir"})
-    data["tracking"] = {k: redact(v) if isinstance(v, str) else v for k, v in data["tracking"].items()}
-    data["train"] = {k: mask(k, v) for k, v in data.get("train", {}).items()}
+    data = scrub(spec.model_dump(mode="json", exclude={"base_dir"}))
     if overrides:
-        data["trial_params"] = overrides
+        data["trial_params"] = scrub(overrides)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

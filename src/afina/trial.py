@@ -65,13 +65,13 @@ def run(
         distributed.announce(trial, params, resume)  # under torchrun the other ranks train it with us
         values = _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir, on_step, resume)
     except optuna.TrialPruned as e:
-        trial.set_user_attr("prune_reason", str(e) or "pruned")
+        trial.set_user_attr("prune_reason", tracking.redact(str(e)) or "pruned")
         tracking.finish(c, run_id, "PRUNED", str(e) or "pruned")
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     except BaseException as e:
-        reason = f"{type(e).__name__}: {e}".strip()
-        c.log_text(run_id, traceback.format_exc(), "error.txt")
+        reason = tracking.redact(f"{type(e).__name__}: {e}".strip())
+        c.log_text(run_id, tracking.redact(traceback.format_exc()), "error.txt")
         trial.set_user_attr("fail_reason", reason[:500])
         if isinstance(e, KeyboardInterrupt):
             trial.set_user_attr("interrupted", True)  # the next sweep runs these params again
@@ -98,7 +98,7 @@ def follow(spec, prepared: data.Prepared, msg: dict, model_dir) -> None:
 
 def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir: Path, on_step, resume: Path | None = None) -> list[float]:
     from transformers import PrinterCallback, ProgressCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     c = ctx["client"]
     reuse, attn = ctx.get("reuse", True), attention()  # reuse=False: load and tokenize from scratch (benchmarks)
@@ -111,29 +111,7 @@ def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir:
         model = models.load_model(ctx["model_dir"], spec.model.trust_remote_code, attn_implementation=attn)
     total = _total_steps(train_kw, len(rows))
     every = eval_every(train_kw, len(rows), len(prepared.eval), spec.model.method == "full")
-    train_kw.pop("eval_steps", None)
-    args = SFTConfig(
-        output_dir=str(workdir),
-        report_to="none",
-        run_name=f"trial-{trial.number}",
-        eval_strategy="steps",
-        eval_steps=every,
-        save_strategy="steps",
-        save_steps=every,
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        save_total_limit=1,
-        logging_nan_inf_filter=False,
-        disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
-        **{**device_defaults(), "logging_steps": 1, **train_kw},
-    )
-    peft_config = None
-    if spec.model.method == "lora":
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(task_type="CAUSAL_LM", **{"target_modules": "all-linear", **lora_kw})
+    args, peft_config = configs(spec, train_kw, lora_kw, workdir, every, f"trial-{trial.number}")
     train_ds, eval_ds = (
         _datasets(prepared, rows, tok, args, ctx, attn, train_kw) if reuse else (data.to_dataset(rows), data.to_dataset(prepared.eval))
     )
@@ -181,6 +159,36 @@ def _train(spec, prepared, rows, train_kw, lora_kw, trial, ctx, run_id, workdir:
     if not all(math.isfinite(v) for v in values):
         raise FloatingPointError(f"objective is not finite: {values}")
     return values
+
+
+def configs(spec, train_kw: dict, lora_kw: dict, workdir: Path, every: int, run_name: str = "afina"):
+    """The trial's SFTConfig and LoraConfig (None for full fine-tuning): afina's settings, then the spec's."""
+    from trl import SFTConfig
+
+    train_kw = {k: v for k, v in train_kw.items() if k != "eval_steps"}
+    args = SFTConfig(
+        output_dir=str(workdir),
+        report_to="none",
+        run_name=run_name,
+        eval_strategy="steps",
+        eval_steps=every,
+        save_strategy="steps",
+        save_steps=every,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        save_total_limit=1,
+        logging_nan_inf_filter=False,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        **{**device_defaults(), "logging_steps": 1, **train_kw},
+    )
+    peft_config = None
+    if spec.model.method == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(task_type="CAUSAL_LM", **{"target_modules": "all-linear", **lora_kw})
+    return args, peft_config
 
 
 def _datasets(prepared, rows, tok, args, ctx, attn, train_kw):
@@ -261,12 +269,18 @@ def _total_steps(train_kw: dict, n_rows: int) -> int:
     return max(1, math.ceil(n_rows / _rows_per_step(train_kw)) * math.ceil(train_kw.get("num_train_epochs", 3)))
 
 
+PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # a checkpoint artifact holds safetensors and text only
+
+
 def _keep_checkpoint(spec, trainer, tok, c, run_id, workdir: Path, trial) -> None:
     """Best weights (adapter only for LoRA) + tokenizer + resolved spec -> MLflow; scratch removed."""
     best = workdir / "best"
     trainer.save_model(str(best))  # safetensors; for a PEFT model only the adapter
     tok.save_pretrained(best)
     (best / "afina-spec.yaml").write_text(tracking.dump_spec(spec, trial.params), encoding="utf-8")
+    for p in best.rglob("*"):  # save_model also pickles the training arguments (training_args.bin): never uploaded
+        if p.suffix.lower() in PICKLES:
+            p.unlink()
     c.log_artifacts(run_id, str(best), "checkpoint")
     c.set_tag(run_id, f"{tracking.TAG}checkpoint", "checkpoint")
     shutil.rmtree(workdir, ignore_errors=True)
