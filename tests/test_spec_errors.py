@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import tiny_spec
+from conftest import nothing_written, tiny_spec
 
 
 def _spec(**overrides):
@@ -62,6 +62,42 @@ def _space(space):
     return edit
 
 
+def _no_space(spec, project):
+    del spec["search"]["space"]
+
+
+def _data_file(name: str, content: bytes, where: str | None = None):
+    """A slice whose file is written by the case (content, or "fifo" for a named pipe)."""
+
+    def edit(spec, project):
+        import os
+
+        if content == b"fifo":
+            os.mkfifo(project / name)
+        elif content == b"dir":
+            (project / name).mkdir()
+        else:
+            (project / name).write_bytes(content)
+        spec["data"]["slices"]["faq"]["path"] = name
+
+    return edit
+
+
+def _rename_slice(new: str):
+    def edit(spec, project):
+        spec["data"]["slices"][new] = spec["data"]["slices"].pop("poesia")
+        spec["search"]["space"] = {f"slices.{new}.include": {"categorical": [True, False]}}
+
+    return edit
+
+
+def _train(**values):
+    def edit(spec, project):
+        spec["train"].update(values)
+
+    return edit
+
+
 def _eval_both(spec, project):
     spec["data"]["eval"]["split"] = 0.1
 
@@ -89,7 +125,7 @@ CASES = [
         ["unknown slice 'poesias'", "did you mean 'poesia'"],
     ),
     ("slice attribute", _edit(_space({"slices.poesia.inclde": {"categorical": [True, False]}})), ["did you mean 'include'"]),
-    ("empty space", _edit(_space({})), ["search.space is empty"]),
+    ("missing space", _edit(_no_space), ["search.space is missing", "space: {}"]),
     ("space section", _edit(_space({"training.learning_rate": {"float": [1e-4, 1e-3]}})), ["did you mean 'train'"]),
     (
         "unknown SFTConfig field",
@@ -135,23 +171,93 @@ CASES = [
     ("not a mapping", "- name: tiny\n", ["a spec is a YAML mapping"]),
     ("no data section", "name: tiny\nsearch: {space: {train.learning_rate: {float: [1.0e-4, 1.0e-3]}}}\n", ["data", "Field required"]),
     ("weight out of range", _edit(_weight), ["data.slices.faq.weight", "less than or equal to 1"]),
+    # spec content that used to crash or leave a study behind (issue 16)
+    ("negative seed", _spec(search={"seed": -1}), ["search.seed", "greater than or equal to 0"]),
+    (
+        "mapping in where",
+        _edit(lambda s, p: s["data"]["slices"]["faq"].update(where={"category": {"a": 1}})),
+        ["where.category", "a value or a list"],
+    ),
+    ("slice name MLflow rejects", _edit(_rename_slice("faq (v2)")), ["slice name 'faq (v2)' is not allowed"]),
+    ("slice name with a dot", _edit(_rename_slice("poesia.v2")), ["slice name 'poesia.v2' is not allowed"]),
+    ("very long slice name", _edit(_rename_slice("s" * 300)), ["is not allowed", "at most 64 characters"]),
+    ("very long study name", _spec(name="n" * 300), ["name", "at most 64 characters"]),
+    (
+        "metric name MLflow rejects",
+        _spec(evaluate={"metrics": [{"contains": ["x"], "name": "has x?"}]}),
+        ["evaluate.metrics[0]", "not allowed"],
+    ),
+    ("not UTF-8", "name: tíny\n".encode("latin-1"), ["is not UTF-8"]),
+    (
+        "alias bomb",
+        "a: &a [x,x,x,x,x,x,x,x,x,x]\n"
+        + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcde", "bcdef", strict=True)),
+        ["alias bomb"],
+    ),
+    ("recursive alias", "a: &a [*a]\n", ["alias refers to a node that contains it"]),
+    ("duplicate top-level key", lambda p: yaml.safe_dump(tiny_spec(), sort_keys=False) + "name: other\n", ["duplicate key 'name'"]),
+    (
+        "duplicate nested key",
+        lambda p: yaml.safe_dump(tiny_spec(), sort_keys=False).replace("  n_trials: 3\n", "  n_trials: 3\n  n_trials: 30\n"),
+        ["duplicate key 'n_trials'"],
+    ),
+    ("two documents", lambda p: yaml.safe_dump(tiny_spec(), sort_keys=False) + "---\nname: x\n", ["several YAML documents"]),
+    ("a number, not a mapping", "42\n", ["a spec is a YAML mapping"]),
+    # values that were accepted and then failed every trial
+    ("step 0", _edit(_space({"lora.r": {"int": [2, 8], "step": 0}})), ["step", "greater than 0"]),
+    ("int log with step", _edit(_space({"lora.r": {"int": [2, 8], "step": 2, "log": True}})), ["log: true and step cannot be combined"]),
+    ("infinite bound", lambda p: yaml.safe_dump(tiny_spec(), sort_keys=False).replace("- 0.01", "- .inf"), ["finite"]),
+    (
+        "string learning rate searched",
+        _edit(_space({"train.learning_rate": {"categorical": [1e-4, "fast"]}})),
+        ["must be a number, not 'fast'"],
+    ),
+    ("batch size 0", _edit(_train(per_device_train_batch_size=0)), ["train.per_device_train_batch_size = 0 is out of range"]),
+    ("LoRA r 0 at the low end", _edit(_space({"lora.r": {"int": [0, 8]}})), ["search.space.lora.r", "lora.r = 0 is out of range"]),
+    ("float range on an int field", _edit(_space({"lora.r": {"float": [2, 8]}})), ["lora.r must be a whole number"]),
+    ("searched weight above 1", _edit(_space({"slices.faq.weight": {"float": [0.5, 3.0]}})), ["slices.faq.weight", "between 0 and 1"]),
+    (
+        "unknown optimizer searched",
+        _edit(_space({"train.optim": {"categorical": ["adamw_torch", "adamw_typo"]}})),
+        ["search.space.train.optim", "TRL/PEFT refuse"],
+    ),
+    ("secret in train", _spec(train={"hub_token": "hf_abc"}), ["train.hub_token holds a secret"]),
+    # stores
+    ("in-memory sqlite", _spec(tracking={"mlflow_uri": "sqlite://"}), ["in-memory SQLite"]),
+    ("s3 artifact root", _spec(tracking={"artifact_root": "s3://bucket/prefix"}), ["not a local folder", "--artifacts-destination"]),
+    # data files
+    ("FIFO as a slice", _edit(_data_file("pipe.jsonl", b"fifo")), ["pipe.jsonl: is not a regular file"]),
+    ("folder without data", _edit(_data_file("folder", b"dir")), ["folder: a data folder must be saved with datasets' save_to_disk"]),
+    ("ragged CSV", _edit(_data_file("r.csv", b"prompt,completion\na,b\nc,d,e\n")), ["r.csv:3: 3 fields where the header has 2"]),
+    (
+        "text named .parquet",
+        _edit(_data_file("t.parquet", b"just some text, not parquet at all\n" * 3)),
+        ["t.parquet: is not a Parquet file"],
+    ),
+    ("UTF-16 CSV", _edit(_data_file("u.csv", "prompt,completion\nhola,adiós\n".encode("utf-16"))), ["u.csv: is UTF-16 text", "UTF-8"]),
+    (
+        "latin-1 JSONL",
+        _edit(_data_file("l.jsonl", '{"prompt": "adiós", "completion": "sí"}\n'.encode("latin-1"))),
+        ["l.jsonl: is not UTF-8"],
+    ),
 ]
 
 
 @pytest.mark.parametrize(("build", "words"), [pytest.param(b, w, id=i) for i, b, w in CASES])
 def test_bad_spec_exits_2_and_writes_nothing(project, cli, build, words):
-    spec = build if isinstance(build, str) else build(project)
+    spec = build if isinstance(build, (str, bytes)) else build(project)
     path = project / "spec.yaml"
-    path.write_text(spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    before = sorted(project.rglob("*"))
-    code, out, err = cli("sweep", "spec.yaml", "--no-progress")
+    if isinstance(spec, bytes):
+        path.write_bytes(spec)
+    else:
+        path.write_text(spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    with nothing_written(project):
+        code, out, err = cli("sweep", "spec.yaml", "--no-progress")
     assert code == 2, (out, err)
     assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
     for word in words:
         assert word in err, err
     assert "Traceback" not in out + err
-    assert not (project / "mlruns").exists()
-    assert sorted(project.rglob("*")) == before  # nothing else written either
 
 
 def test_missing_spec_file(project, cli):

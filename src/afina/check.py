@@ -16,8 +16,9 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from afina import data, language
+from afina import data, language, resilience
 from afina.data import Issue, Row
+from afina.errors import UserError
 
 SHORT = 3  # an answer with fewer characters than this teaches nothing
 IMBALANCE = 10  # warn when a filtered slice is this many times smaller than the largest
@@ -369,12 +370,22 @@ def check(spec, console, json_path=None, markdown_path=None) -> Report:
 
     from afina import models
 
+    for out, flag in ((json_path, "--json"), (markdown_path, "--markdown")):
+        if out and Path(out).is_dir():
+            raise UserError(
+                f"{flag} {out}: is a folder; give a file name, e.g. {Path(out) / 'report'}{'.json' if flag == '--json' else '.md'}"
+            )
+        if out:
+            resilience.writable(Path(out).parent, flag)  # checked before the (long) check runs
     prepared = data.prepare(spec, collect=True)
     tokenizer = models.load_tokenizer(models.resolve(spec.model.ref), spec.model.trust_remote_code)
     report = run(spec, prepared, tokenizer)
     render(report, console)
-    if json_path:
-        Path(json_path).write_text(report.to_json(), encoding="utf-8")
-    if markdown_path:
-        Path(markdown_path).write_text(report.to_markdown(), encoding="utf-8")
+    for out, text in ((json_path, report.to_json), (markdown_path, report.to_markdown)):
+        if out:
+            try:
+                Path(out).parent.mkdir(parents=True, exist_ok=True)  # a report into a new folder is fine
+                Path(out).write_text(text(), encoding="utf-8")
+            except OSError as e:
+                raise UserError(f"cannot write {out} ({e.strerror}); choose another path") from None
     return report

@@ -8,6 +8,7 @@ where it came from (`origin`, "file:row", row = record number in the file) so ch
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -71,7 +72,12 @@ def files(patterns: str | list[str], base: Path) -> list[Path]:
             found.append(Path(pattern))
             continue
         full = base / Path(pattern).expanduser()
-        matches = sorted(Path(p) for p in glob.glob(str(full), recursive=True)) if glob.has_magic(str(full)) else [full]
+        # A real file named like a glob (faq[2024].jsonl) is that file; only the pattern part is a glob, never the spec's folder.
+        if full.exists() or not glob.has_magic(pattern):
+            matches = [full]
+        else:
+            found_paths = glob.glob(os.path.join(glob.escape(str(base)), str(Path(pattern).expanduser())), recursive=True)
+            matches = sorted(Path(p) for p in found_paths)
         for m in matches:
             if not m.exists():
                 if re.fullmatch(r"[\w.-]+/[\w-]+", pattern):  # no such file, but shaped like org/name
@@ -95,23 +101,103 @@ def read(path: Path) -> list[dict[str, Any]]:
     if path.is_dir():
         try:
             ds = datasets.load_from_disk(str(path))
-        except FileNotFoundError:
-            raise UserError(f"{path}: a data folder must be saved with datasets' save_to_disk") from None
+        except (FileNotFoundError, OSError, ValueError):
+            raise UserError(f"{path}: a data folder must be saved with datasets' save_to_disk; or point path at a file or a glob") from None
         ds = ds["train"] if isinstance(ds, datasets.DatasetDict) else ds
         return ds.to_list()
     suffix = path.suffix.lower()
     kind = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(suffix)
     if kind is None:
         raise UserError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .parquet or a save_to_disk folder")
-    if kind == "json" and suffix == ".jsonl":
-        _check_jsonl(path)
+    if not path.is_file():  # a FIFO, device or socket would block or never end
+        raise UserError(f"{path}: is not a regular file; point path at a data file (.jsonl, .json, .csv, .parquet)")
     if path.stat().st_size < 64 and not path.read_bytes().strip():
         return []  # datasets cannot infer a schema from nothing
+    if kind == "parquet":
+        with path.open("rb") as f:
+            if f.read(4) != b"PAR1":
+                raise UserError(f"{path}: is not a Parquet file (no PAR1 header); rename it to its real type or re-save it as Parquet")
+    else:
+        _check_text(path)
+        if suffix == ".jsonl":
+            _check_jsonl(path)
+        elif kind == "csv":
+            _check_csv(path)
     try:
-        ds = datasets.load_dataset(kind, data_files=str(path), split="train", cache_dir=None)
-    except Exception as e:  # datasets wraps parser errors in many types
-        raise UserError(f"{path}: could not be read as {kind} ({str(e).splitlines()[0][:200]})") from None
+        with _quiet_datasets(), _literal(path) as name:
+            ds = datasets.load_dataset(kind, data_files=name, split="train", cache_dir=None)
+    except Exception as e:  # datasets wraps parser errors in many types; the innermost one says what is wrong
+        while e.__cause__ is not None or e.__context__ is not None:
+            e = e.__cause__ or e.__context__
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UserError(f"{path}: could not be read as {kind} ({why}); fix the file or save it as JSON lines") from None
     return ds.to_list()
+
+
+@contextlib.contextmanager
+def _literal(path: Path):
+    """A name datasets will not read as a glob: datasets expands data_files patterns, so a file named
+    faq[2024].jsonl is reached through a plain-named link in a temporary folder."""
+    if not glob.has_magic(str(path)):
+        yield str(path)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="afina-data-") as tmp:
+        link = Path(tmp) / f"data{path.suffix.lower()}"
+        link.symlink_to(path.resolve())
+        yield str(link)
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """datasets logs a parser error at ERROR level before raising it: one line is ours to print."""
+    import logging
+
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_text(path: Path) -> None:
+    """UTF-8 text, or one line saying what the file is instead (UTF-16 exports from spreadsheets are common)."""
+    import codecs
+
+    with path.open("rb") as f:
+        head = f.read(4)
+        if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+            raise UserError(f"{path}: is UTF-32 text; save it as UTF-8")
+        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            raise UserError(f'{path}: is UTF-16 text (a spreadsheet\'s "Unicode text" export?); save it as UTF-8 (CSV UTF-8)')
+        f.seek(0)
+        decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}: is not UTF-8 text (bad byte at offset {offset + e.start}); save it as UTF-8") from None
+            offset += len(chunk)
+
+
+def _check_csv(path: Path) -> None:
+    """Every row has the header's number of fields; pandas would say so in two lines, without the fix."""
+    import csv
+
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header:
+            return
+        for row in reader:
+            if row and len(row) != len(header):
+                raise UserError(
+                    f"{path}:{reader.line_num}: {len(row)} fields where the header has {len(header)}; "
+                    'quote fields that contain commas ("a, b") or fix that row'
+                )
 
 
 def _read_hub(ref: str) -> list[dict[str, Any]]:
@@ -131,10 +217,7 @@ def _read_hub(ref: str) -> list[dict[str, Any]]:
 
 def _check_jsonl(path: Path) -> None:
     """datasets reports a broken JSONL without its line; find the line ourselves."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: is not UTF-8 text (bad byte at offset {e.start}); save it as UTF-8 JSON lines") from None
+    text = path.read_text(encoding="utf-8")
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:

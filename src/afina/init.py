@@ -27,9 +27,13 @@ def init(data_file: Path, name: str | None, force: bool, console, model: str = "
     path = Path(data_file)
     if not path.exists():
         raise UserError(f"{data_file}: no such file; pass your examples (.jsonl, .json, .csv, .parquet or a save_to_disk folder)")
-    name = name or re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem).strip("_.-") or "experiment"
+    name = name or re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem)[:64].strip("_.-") or "experiment"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise UserError(f"--name {name!r}: use letters, digits, '_', '.' or '-', starting with a letter or digit")
+    if len(name) > 64:
+        raise UserError(f"--name {name[:70]!r}...: at most 64 characters")
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file, not a folder; move it away or run afina init from another folder")
     target = folder / f"{name}.yaml"
     if target.exists() and not force:
         raise UserError(f"{target} already exists; pass --force to overwrite it or --name to choose another name")
@@ -83,8 +87,11 @@ def init(data_file: Path, name: str | None, force: bool, console, model: str = "
     tokenizer = models.load_tokenizer(models.resolve(model))
     spec["train"]["max_length"] = _max_length(prepared, tokenizer)
     spec["samples"]["prompts"] = _prompts(prepared.eval)
-    folder.mkdir(parents=True, exist_ok=True)
-    target.write_text(_render(spec, target, path, len(records), fmt, col, column), encoding="utf-8")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        target.write_text(_render(spec, target, path, len(records), fmt, col, column), encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot write {target} ({e.strerror}); check that folder") from None
     console.print(f"wrote [bold]{target}[/] ({len(slices)} slice{'s' * (len(slices) > 1)}, format {fmt}); checking it:")
     final = spec_mod.load(target)  # check what was written, as `afina sweep` will read it
     report = check.run(final, data.prepare(final, collect=True), tokenizer)
@@ -106,7 +113,7 @@ def slice_column(records: list[dict], content: set[str]) -> str | None:
 
 
 def _slug(value) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", str(value).lower()).strip("_")
+    return re.sub(r"[^a-z0-9]+", "_", str(value).lower()).strip("_")[:64].strip("_")  # a slice name (spec.NAME)
 
 
 def _validate(spec: dict, folder: Path, data_file: Path):

@@ -135,7 +135,9 @@ def _http(cfg, content: str) -> str:
             f"judge endpoint {redact(url)} answered HTTP {e.code} ({e.reason}); check evaluate.judge.url, name and the key in ${cfg.api_key_env or '-'}"
         ) from None
     except (urllib.error.URLError, TimeoutError, OSError) as e:
-        raise RuntimeError(f"judge endpoint {redact(url)} is unreachable ({getattr(e, 'reason', e)}); start it or fix evaluate.judge.url") from None
+        raise RuntimeError(
+            f"judge endpoint {redact(url)} is unreachable ({getattr(e, 'reason', e)}); start it or fix evaluate.judge.url"
+        ) from None
     try:
         return json.loads(text)["choices"][0]["message"]["content"] or ""
     except (ValueError, KeyError, IndexError, TypeError):

@@ -30,11 +30,38 @@ from afina.errors import UserError
 STOP = threading.Event()  # set by the first Ctrl-C/SIGTERM; trial._Watch checkpoints and stops
 
 
-def install_stop():
-    """First SIGINT/SIGTERM: graceful stop. Second: KeyboardInterrupt now. Returns the undo function."""
+def install_setup_stop():
+    """Before the first trial, Ctrl-C or SIGTERM stops the sweep at once, and also sets STOP.
+
+    A KeyboardInterrupt that lands inside a finaliser or callback (a `__del__`, a weakref or GC
+    callback during model loading, tokenizing or a store's connection clean-up) is printed by Python as
+    "Exception ignored in ..." and dropped, and the sweep went on to run every trial. STOP survives
+    that: `check_stop()` between the set-up steps, and the trial loop, see it. Returns the undo function.
+    """
+    STOP.clear()
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    STOP.clear()
+
+    def handler(signum, frame):
+        STOP.set()
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(s, h) for s, h in old.items()]
+
+
+def check_stop() -> None:
+    """Raise the interrupt a library may have swallowed during set-up."""
+    if STOP.is_set():
+        raise KeyboardInterrupt
+
+
+def install_stop():
+    """First SIGINT/SIGTERM: graceful stop. Second: KeyboardInterrupt now. Returns the undo function.
+
+    STOP is not cleared here: an interrupt during set-up (install_setup_stop) must still stop the sweep."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
 
     def handler(signum, frame):
         if STOP.is_set():

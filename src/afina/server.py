@@ -51,7 +51,9 @@ def check_port(host: str, port: int) -> None:
             sock.bind(addr)
         except OSError as e:
             why = "is in use" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
-            raise UserError(f"port {port} on {host} {why}; pass another --port (e.g. --port {port + 1 if port < 65535 else 5000})") from None
+            raise UserError(
+                f"port {port} on {host} {why}; pass another --port (e.g. --port {port + 1 if port < 65535 else 5000})"
+            ) from None
 
 
 def ui(uri: str, host: str, port: int, artifact_root: str) -> int:

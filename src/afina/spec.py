@@ -436,7 +436,9 @@ def _check_field(key: str, where: str, valid: dict[str, Any], value: Any = None)
     if key in OWNED_TRAIN_FIELDS and where.endswith("train"):
         raise ValueError(f"{where}.{key} is managed by afina; remove it")
     if SECRET_FIELDS.search(key):
-        raise ValueError(f"{where}.{key} holds a secret, which afina never writes into a spec or run; remove it (afina never uploads to a hub)")
+        raise ValueError(
+            f"{where}.{key} holds a secret, which afina never writes into a spec or run; remove it (afina never uploads to a hub)"
+        )
     if key not in valid:
         raise ValueError(f"{where}.{key} is not a known field{_hint(key, valid)}")
     default = valid[key]

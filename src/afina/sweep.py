@@ -186,6 +186,14 @@ def check_space(spec) -> None:
 
 
 def run(spec, spec_path: str, console, progress: bool = True):
+    restore = resilience.install_setup_stop()  # Ctrl-C during set-up stops the sweep, even if a library swallows it
+    try:
+        return _run(spec, spec_path, console, progress)
+    finally:
+        restore()
+
+
+def _run(spec, spec_path: str, console, progress: bool = True):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from afina import compare, report, status, trial
@@ -196,6 +204,7 @@ def run(spec, spec_path: str, console, progress: bool = True):
         models.resolve(spec.model.ref)  # in a process group transformers writes files from rank 0 only
     distributed.barrier()
     prepared, model_dir, prompts = validate(spec)
+    resilience.check_stop()
     if distributed.rank() > 0:
         return _follow(spec, prepared, model_dir)
     if prepared.report.warnings:
@@ -207,7 +216,9 @@ def run(spec, spec_path: str, console, progress: bool = True):
             dict(spec.train), sum(map(len, prepared.slices.values())), len(prepared.eval), spec.model.method == "full"
         ),
     )
-    c = resilience.Guard(tracking.client(spec.tracking.mlflow_uri, must_exist=False), resilience.fallback_dir(spec), spec.tracking.mlflow_uri)
+    c = resilience.Guard(
+        tracking.client(spec.tracking.mlflow_uri, must_exist=False), resilience.fallback_dir(spec), spec.tracking.mlflow_uri
+    )
     with _exclusive(study):  # workers starting together share one experiment, parent run and requeue
         experiment_id = tracking.experiment(c, spec.experiment, spec.tracking.artifact_root, spec.tracking.mlflow_uri)
         parent_id = tracking.parent_run(c, experiment_id, study, spec, spec_path)
@@ -221,7 +232,9 @@ def run(spec, spec_path: str, console, progress: bool = True):
         check.log(prepared.report, c, parent_id)  # check/report.json and .md on the parent run
         _requeue_interrupted(study)
     ctx = {"client": c, "experiment_id": experiment_id, "parent_id": parent_id, "model_dir": model_dir, "prompts": prompts}
+    resilience.check_stop()
     compare.baseline(spec, prepared, ctx, study, console)  # once per study: the base model is every leaderboard's reference
+    resilience.check_stop()
     done = finished(study)
     remaining = spec.search.n_trials - done
     if remaining <= 0:

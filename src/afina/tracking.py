@@ -20,7 +20,9 @@ TAG = "afina."  # prefix of every tag afina writes
 
 # A URL inside any text: scheme://... up to whitespace, a quote or a bracket.
 _URL = re.compile(r"""\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>`]+""")
-_SECRET_QUERY = re.compile(r"(?i)([?&;][^=&#\s]*(?:passw|pwd|token|secret|api_?key|apikey|credential|signature|sig\b|auth)[^=&#\s]*=)[^&#\s]*")
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&;][^=&#\s]*(?:passw|pwd|token|secret|api_?key|apikey|credential|signature|sig\b|auth)[^=&#\s]*=)[^&#\s]*"
+)
 _SECRET_PAIR = re.compile(r"(?i)\b((?:password|passwd|pwd|api_?key|token|secret)\s*=\s*)(?!\*\*\*)[^\s&;,'\")]+")
 
 
@@ -82,7 +84,9 @@ def check_url(url: str, what: str, label: str | None = None) -> None:
     if scheme not in ok:
         raise UserError(f"{label} {redact(url)!r}: unsupported scheme {scheme!r}; use one of {', '.join(ok)}")
     if scheme == "sqlite" and (sqlite_path(url) is None or str(sqlite_path(url)) in ("", ":memory:")):
-        raise UserError(f"{label} {url!r}: an in-memory SQLite store forgets everything at exit; use a file, e.g. sqlite:///mlruns/mlflow.db")
+        raise UserError(
+            f"{label} {url!r}: an in-memory SQLite store forgets everything at exit; use a file, e.g. sqlite:///mlruns/mlflow.db"
+        )
     if scheme in ("postgresql", "mysql"):
         netloc = url.partition("://")[2].partition("/")[0]
         if netloc.count("@") > 1:  # SQLAlchemy would read the rest of the password as the host name
