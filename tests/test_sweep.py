@@ -193,6 +193,8 @@ def test_sweep_checkpoint_artifact(swept, tmp_path):
         names = {Path(a.path).name for a in c.list_artifacts(run.info.run_id, "checkpoint")}
         assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "afina-spec.yaml"} <= names
         assert not any(n.startswith("checkpoint-") for n in names)
+        # safetensors and text only: the pickled training_args.bin (it holds train.hub_token) never leaves the machine
+        assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))], names
     run = children[0]
     spec_file = c.download_artifacts(run.info.run_id, "checkpoint/afina-spec.yaml", str(tmp_path))
     kept = yaml.safe_load(Path(spec_file).read_text(encoding="utf-8"))
