@@ -6,7 +6,6 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 
 from afina.errors import UserError
 
@@ -26,6 +25,8 @@ def suggest(trial, space: dict) -> dict[str, Any]:
 
 def grid(space: dict) -> dict[str, list]:
     """Grid sampler's search space: every categorical choice, every step of a numeric range."""
+    import numpy as np
+
     out = {}
     for key, dim in space.items():
         if dim.categorical is not None:
@@ -107,15 +108,15 @@ def points(spec) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def check_values(train: dict, lora: dict, kinds: dict[str, dict], where: str) -> None:
-    """Types and ranges of one point's settings, in the user's words."""
+def check_values(train: dict, lora: dict, kinds: dict[str, dict] | None, where: str, error: type[Exception] = UserError) -> None:
+    """Types (when the config classes' `kinds` are given) and ranges of one point's settings, in the user's words."""
     for section, values in (("train", train), ("lora", lora)):
         for key, value in values.items():
-            kind, nullable = kinds[section].get(key, (None, True))
+            kind, nullable = kinds[section].get(key, (None, True)) if kinds else (None, True)
             name = f"{section}.{key}"
             if value is None:
                 if not nullable and kind is not None:
-                    raise UserError(f"{where}: {name} cannot be null")
+                    raise error(f"{where}: {name} cannot be null")
                 continue
             ok = {
                 "int": isinstance(value, int) and not isinstance(value, bool),
@@ -126,7 +127,7 @@ def check_values(train: dict, lora: dict, kinds: dict[str, dict], where: str) ->
             }[kind]
             if not ok:
                 words = {"int": "a whole number", "number": "a number", "bool": "true or false", "str": "text"}[kind]
-                raise UserError(f"{where}: {name} must be {words}, not {value!r}")
+                raise error(f"{where}: {name} must be {words}, not {value!r}")
             rule = RULES.get(name)
-            if rule and isinstance(value, (int, float)) and not rule[0](value):
-                raise UserError(f"{where}: {name} = {value!r} is out of range; it must be {rule[1]}")
+            if rule and isinstance(value, (int, float)) and not isinstance(value, bool) and not rule[0](value):
+                raise error(f"{where}: {name} = {value!r} is out of range; it must be {rule[1]}")

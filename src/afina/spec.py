@@ -357,6 +357,11 @@ class Spec(Strict):
             for key, dim in self.search.space.items():
                 if dim.float is not None and dim.step is None:
                     raise ValueError(f"search.space.{key}: the grid sampler needs a step or categorical choices")
+        from afina import space  # ranges at the fixed values and at each end of the space (types: `afina sweep`)
+
+        for where, params in space.points(self):
+            train, lora, _ = space.apply(self, params)
+            space.check_values(train, lora if self.model.method == "lora" else {}, None, where, ValueError)
         return self
 
     @model_validator(mode="after")
