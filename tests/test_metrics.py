@@ -154,7 +154,8 @@ def test_a_raising_scorer_fails_the_trial_not_the_sweep(project, cli):
     (project / "my_scorers.py").write_text(SCORER, encoding="utf-8")
     spec = tiny_spec(train=FAST, evaluate={"metrics": [{"custom": "my_scorers:broken"}]}, search={**tiny_spec()["search"], "n_trials": 2})
     code, out, err = cli("sweep", write_spec(project, spec), "--no-progress")
-    assert code == 0, err
+    # each trial failed and the sweep went on to the next; a sweep where every trial failed exits 1 with the reason
+    assert code == 1 and "all 2 trials failed for the same reason" in err and "my_scorers:broken" in err, err
     study = optuna.load_study(study_name="tiny", storage="sqlite:///mlruns/optuna.db")
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
     assert all("my_scorers:broken" in t.user_attrs["fail_reason"] and "boom" in t.user_attrs["fail_reason"] for t in study.trials)
