@@ -71,7 +71,10 @@ def files(patterns: str | list[str], base: Path) -> list[Path]:
         if pattern.startswith(HUB):
             found.append(Path(pattern))
             continue
-        full = base / Path(pattern).expanduser()
+        try:
+            full = base / Path(pattern).expanduser()
+        except RuntimeError:  # "~someone/..." for a user that does not exist: a plain relative path
+            full = base / pattern
         # A real file named like a glob (faq[2024].jsonl) is that file; only the pattern part is a glob, never the spec's folder.
         if full.exists() or not glob.has_magic(pattern):
             matches = [full]
@@ -111,6 +114,15 @@ def read(path: Path) -> list[dict[str, Any]]:
         raise UserError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .parquet or a save_to_disk folder")
     if not path.is_file():  # a FIFO, device or socket would block or never end
         raise UserError(f"{path}: is not a regular file; point path at a data file (.jsonl, .json, .csv, .parquet)")
+    try:
+        return _read_file(path, kind, suffix)
+    except OSError as e:  # permission denied, a file that vanished, an I/O error
+        raise UserError(f"{path}: cannot be read ({e.strerror or e}); check the file and its permissions") from None
+
+
+def _read_file(path: Path, kind: str, suffix: str) -> list[dict[str, Any]]:
+    import datasets
+
     if path.stat().st_size < 64 and not path.read_bytes().strip():
         return []  # datasets cannot infer a schema from nothing
     if kind == "parquet":
@@ -121,8 +133,8 @@ def read(path: Path) -> list[dict[str, Any]]:
         _check_text(path)
         if suffix == ".jsonl":
             _check_jsonl(path)
-        elif kind == "csv":
-            _check_csv(path)
+        elif kind == "csv" and not _check_csv(path):
+            return []  # a header and no rows
     try:
         with _quiet_datasets(), _literal(path) as name:
             ds = datasets.load_dataset(kind, data_files=name, split="train", cache_dir=None)
@@ -183,21 +195,23 @@ def _check_text(path: Path) -> None:
             offset += len(chunk)
 
 
-def _check_csv(path: Path) -> None:
-    """Every row has the header's number of fields; pandas would say so in two lines, without the fix."""
+def _check_csv(path: Path) -> int:
+    """Every row has the header's number of fields (pandas would say so in two lines, without the fix); returns the rows."""
     import csv
 
     with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
+        header, rows = next(reader, None), 0
         if not header:
-            return
+            return 0
         for row in reader:
+            rows += bool(row)
             if row and len(row) != len(header):
                 raise UserError(
                     f"{path}:{reader.line_num}: {len(row)} fields where the header has {len(header)}; "
                     'quote fields that contain commas ("a, b") or fix that row'
                 )
+    return rows
 
 
 def _read_hub(ref: str) -> list[dict[str, Any]]:
@@ -221,9 +235,13 @@ def _check_jsonl(path: Path) -> None:
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from None
+            if not isinstance(record, dict):
+                raise UserError(
+                    f'{path}:{n}: a JSON line must be an object such as {{"prompt": ..., "completion": ...}}, not {type(record).__name__}'
+                )
 
 
 def detect(names, fmt: str = "auto", columns: dict[str, str] | None = None, where: str = "data") -> tuple[str, dict[str, str | None]]:

@@ -115,6 +115,8 @@ def run(backend: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000,
         raise UserError(
             f"--backend-store-uri {tracking.redact(backend)!r}: use postgresql://user:pass@host:5432/db (or mysql://, sqlite:///)"
         )
+    if workers < 1:
+        raise UserError(f"--workers {workers}: at least 1")
     if auth and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD") and not os.environ.get("MLFLOW_AUTH_CONFIG_PATH"):
         raise UserError("--auth: set MLFLOW_AUTH_ADMIN_PASSWORD (the first admin password) or MLFLOW_AUTH_CONFIG_PATH")
     tracking.check_url(backend, "mlflow_uri", "--backend-store-uri")

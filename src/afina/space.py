@@ -6,7 +6,6 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-
 from afina.errors import UserError
 
 
@@ -21,6 +20,21 @@ def suggest(trial, space: dict) -> dict[str, Any]:
         else:
             params[key] = trial.suggest_float(key, dim.float[0], dim.float[1], step=dim.step, log=dim.log)
     return params
+
+
+MAX_GRID = 100_000  # grid points; the grid sampler lists them all in memory
+
+
+def grid_size(space: dict) -> int:
+    """How many points a grid over the space has, counted without listing them."""
+    size = 1
+    for dim in space.values():
+        if dim.categorical is not None:
+            size *= len(dim.categorical)
+        else:
+            low, high = dim.int or dim.float
+            size *= math.floor((high - low) / (dim.step or 1) + 1e-9) + 1
+    return size
 
 
 def grid(space: dict) -> dict[str, list]:
@@ -77,19 +91,42 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def field_kinds(cls) -> dict[str, tuple[str | None, bool]]:
-    """Field -> (int | number | bool | str | None when anything goes, None allowed) from a config dataclass's annotations."""
+def field_types(cls) -> dict[str, Any]:
+    """Field -> its type annotation, resolved, from a config dataclass (SFTConfig, LoraConfig)."""
     import dataclasses
-    import re
+    import typing
 
-    out = {}
-    for f in dataclasses.fields(cls):
-        words = set(re.findall(r"[A-Za-z_]+", str(f.type))) - {"class", "typing", "Union", "Optional"}
-        nullable = bool(words & {"None", "NoneType"})
-        words -= {"None", "NoneType"}
-        kind = {"int": "int", "bool": "bool", "str": "str", "float": "number"}.get(next(iter(words))) if len(words) == 1 else None
-        out[f.name] = ("number" if words == {"int", "float"} else kind, nullable)
-    return out
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not resolve: keep the ones that are already types
+        hints = {}
+    return {f.name: hints.get(f.name, f.type if not isinstance(f.type, str) else None) for f in dataclasses.fields(cls)}
+
+
+_ADAPTERS: dict[str, Any] = {}
+_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+
+
+def _fits(hint: Any, value: Any) -> str | None:
+    """None when `value` has the annotation's type (strict: no "4" for 4, no 4.5 for an int), else what it should be."""
+    from pydantic import TypeAdapter, ValidationError
+
+    key = repr(hint)
+    if key not in _ADAPTERS:
+        try:
+            _ADAPTERS[key] = TypeAdapter(hint)
+        except Exception:  # types pydantic cannot check (torch.dtype, callables): the config class decides
+            _ADAPTERS[key] = None
+    if _ADAPTERS[key] is None:
+        return None
+    try:
+        _ADAPTERS[key].validate_python(value, strict=True)
+        return None
+    except ValidationError:
+        import typing
+
+        args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        return _WORDS.get(args[0]) if len(args) == 1 else "of type " + " or ".join(getattr(a, "__name__", str(a)) for a in args)
 
 
 def points(spec) -> list[tuple[str, dict[str, Any]]]:
@@ -108,26 +145,14 @@ def points(spec) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def check_values(train: dict, lora: dict, kinds: dict[str, dict] | None, where: str, error: type[Exception] = UserError) -> None:
-    """Types (when the config classes' `kinds` are given) and ranges of one point's settings, in the user's words."""
+def check_values(train: dict, lora: dict, types: dict[str, dict] | None, where: str, error: type[Exception] = UserError) -> None:
+    """Types (when the config classes' field `types` are given) and ranges of one point's settings, in the user's words."""
     for section, values in (("train", train), ("lora", lora)):
         for key, value in values.items():
-            kind, nullable = kinds[section].get(key, (None, True)) if kinds else (None, True)
             name = f"{section}.{key}"
-            if value is None:
-                if not nullable and kind is not None:
-                    raise error(f"{where}: {name} cannot be null")
-                continue
-            ok = {
-                "int": isinstance(value, int) and not isinstance(value, bool),
-                "number": isinstance(value, (int, float)) and not isinstance(value, bool),
-                "bool": isinstance(value, bool),
-                "str": isinstance(value, str),
-                None: True,
-            }[kind]
-            if not ok:
-                words = {"int": "a whole number", "number": "a number", "bool": "true or false", "str": "text"}[kind]
-                raise error(f"{where}: {name} must be {words}, not {value!r}")
+            hint = types[section].get(key) if types else None
+            if hint is not None and (want := _fits(hint, value)):
+                raise error(f"{where}: {name} must be {want}, not {value!r}")
             rule = RULES.get(name)
             if rule and isinstance(value, (int, float)) and not isinstance(value, bool) and not rule[0](value):
                 raise error(f"{where}: {name} = {value!r} is out of range; it must be {rule[1]}")

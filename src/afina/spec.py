@@ -292,6 +292,15 @@ class Promote(Strict):
     model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME)
     """Registered model name; defaults to the spec's name."""
     alias: str = Field("champion", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", max_length=MAX_NAME)
+    """MLflow reserves `latest` and `v<number>`."""
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, v: str) -> str:
+        if v == "latest" or re.fullmatch(r"v\d+", v):
+            raise ValueError(f"{v!r} is reserved by MLflow (latest, v<number>); choose another alias, e.g. champion")
+        return v
+
     margin: float = Field(0.0, ge=0)
     """The candidate must beat the champion by more than this on the promotion set."""
     path: str | list[str] | None = None
@@ -357,6 +366,12 @@ class Spec(Strict):
             for key, dim in self.search.space.items():
                 if dim.float is not None and dim.step is None:
                     raise ValueError(f"search.space.{key}: the grid sampler needs a step or categorical choices")
+            from afina import space as space_mod
+
+            if (n := space_mod.grid_size(self.search.space)) > space_mod.MAX_GRID:
+                raise ValueError(
+                    f"search.space: the grid has {n:.3g} points (at most {space_mod.MAX_GRID}); use larger steps or fewer choices"
+                )
         from afina import space  # ranges at the fixed values and at each end of the space (types: `afina sweep`)
 
         for where, params in space.points(self):

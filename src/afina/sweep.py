@@ -41,7 +41,7 @@ def sampler(search):
         if search.sampler == "grid":
             return optuna.samplers.GridSampler(space.grid(search.space), **kw)
         return kinds[search.sampler](**kw)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise UserError(f"search.sampler_args: {e}; see Optuna's {kinds[search.sampler].__name__}") from None
 
 
@@ -64,7 +64,7 @@ def pruner(search, first_eval: int | None = None):
         args.setdefault("min_resource", first_eval)
     try:
         return kinds[search.pruner](**args)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise UserError(f"search.pruner_args: {e}; see Optuna's {kinds[search.pruner].__name__}") from None
 
 
@@ -171,11 +171,11 @@ def check_space(spec) -> None:
 
     from afina import space, trial
 
-    kinds = {"train": space.field_kinds(SFTConfig), "lora": space.field_kinds(LoraConfig)}
+    types = {"train": space.field_types(SFTConfig), "lora": space.field_types(LoraConfig)}
     scratch = Path(spec.tracking.checkpoint_dir) / "afina-check"  # never created: the configs only name it
     for where, params in space.points(spec):
         train_kw, lora_kw, _ = space.apply(spec, params)
-        space.check_values(train_kw, lora_kw if spec.model.method == "lora" else {}, kinds, where)
+        space.check_values(train_kw, lora_kw if spec.model.method == "lora" else {}, types, where)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -76,7 +76,10 @@ def prepare_local(url: str) -> None:
 
 def check_url(url: str, what: str, label: str | None = None) -> None:
     label = label or f"tracking.{what}"
-    scheme = urlsplit(url).scheme.split("+")[0]
+    try:
+        scheme = urlsplit(url).scheme.split("+")[0]
+    except ValueError as e:  # e.g. "Invalid IPv6 URL"
+        raise UserError(f"{label} {redact(url)!r} is not a valid URL ({e})") from None
     ok = {
         "mlflow_uri": ("sqlite", "postgresql", "mysql", "http", "https", "databricks"),
         "optuna_storage": ("sqlite", "postgresql", "mysql"),
