@@ -3,3 +3,11 @@
 
 class UserError(Exception):
     """Bad input from the user (spec, data, model ref, storage URL). Message says what and how to fix."""
+
+
+def hint(word: str, choices) -> str:
+    """` (did you mean 'x'?)` for the nearest valid choice, or nothing."""
+    import difflib
+
+    near = difflib.get_close_matches(word, sorted(map(str, choices)), n=1, cutoff=0.6)
+    return f" (did you mean {near[0]!r}?)" if near else ""

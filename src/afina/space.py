@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from afina.spec import Spec
 
 
 def suggest(trial, space: dict) -> dict[str, Any]:
@@ -33,7 +36,7 @@ def grid(space: dict) -> dict[str, list]:
     return out
 
 
-def apply(spec, params: dict[str, Any]) -> tuple[dict, dict, dict[str, dict]]:
+def apply(spec: Spec, params: dict[str, Any]) -> tuple[dict, dict, dict[str, dict]]:
     """Fixed spec values overridden by the trial's picks: (train kwargs, lora kwargs, slice choices)."""
     train, lora = dict(spec.train), dict(spec.lora)
     slices = {

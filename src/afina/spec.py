@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import difflib
 import functools
 import math
 import re
@@ -19,7 +18,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from afina.errors import UserError
+from afina import metrics
+from afina.errors import UserError, hint
+from afina.tracking import MLFLOW_URI, OPTUNA_URI
 
 # Fields afina owns: setting them in `train` would break tracking, checkpoints or pruning.
 OWNED_TRAIN_FIELDS = {
@@ -102,7 +103,7 @@ class Data(Strict):
     def _eval_slices(self):
         for name in self.eval.slices or []:
             if name not in self.slices:
-                raise ValueError(f"data.eval.slices: unknown slice {name!r}{_hint(name, self.slices)}")
+                raise ValueError(f"data.eval.slices: unknown slice {name!r}{hint(name, self.slices)}")
         return self
 
 
@@ -236,9 +237,9 @@ class Evaluate(Strict):
 class Tracking(Strict):
     experiment: str | None = None
     """MLflow experiment name; defaults to the spec's name."""
-    mlflow_uri: str = "sqlite:///mlruns/mlflow.db"
+    mlflow_uri: str = MLFLOW_URI
     artifact_root: str = "mlruns/artifacts"
-    optuna_storage: str = "sqlite:///mlruns/optuna.db"
+    optuna_storage: str = OPTUNA_URI
     checkpoint_dir: str = "mlruns/checkpoints"
     """Scratch space for a running trial's checkpoints; the kept one goes to MLflow."""
 
@@ -298,14 +299,14 @@ class Spec(Strict):
             elif section == "slices":
                 name, _, attr = rest.partition(".")
                 if name not in self.data.slices:
-                    raise ValueError(f"search.space.{key}: unknown slice {name!r}{_hint(name, self.data.slices)}")
+                    raise ValueError(f"search.space.{key}: unknown slice {name!r}{hint(name, self.data.slices)}")
                 if attr not in ("include", "weight", "fraction"):
                     raise ValueError(
-                        f"search.space.{key}: slices can search include, weight or fraction{_hint(attr, ['include', 'weight', 'fraction'])}"
+                        f"search.space.{key}: slices can search include, weight or fraction{hint(attr, ['include', 'weight', 'fraction'])}"
                     )
             else:
                 raise ValueError(
-                    f"search.space.{key}: keys start with train., lora. or slices.{_hint(section, ['train', 'lora', 'slices'])}"
+                    f"search.space.{key}: keys start with train., lora. or slices.{hint(section, ['train', 'lora', 'slices'])}"
                 )
         if self.search.sampler == "grid":
             for key, dim in self.search.space.items():
@@ -315,8 +316,7 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _metrics(self):
-        from afina import metrics  # unknown metrics and unimportable scorers fail at load
-
+        # unknown metrics and unimportable scorers fail at load
         metrics.parse(self.evaluate.metrics or [], self.base_dir)
         return self
 
@@ -377,16 +377,11 @@ def _fields(package: str, target: str) -> dict[str, Any]:
     return fields
 
 
-def _hint(word: str, choices) -> str:
-    near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {near[0]!r}?)" if near else ""
-
-
 def _check_field(key: str, where: str, valid: dict[str, Any], value: Any = None) -> None:
     if key in OWNED_TRAIN_FIELDS and where.endswith("train"):
         raise ValueError(f"{where}.{key} is managed by afina; remove it")
     if key not in valid:
-        raise ValueError(f"{where}.{key} is not a known field{_hint(key, valid)}")
+        raise ValueError(f"{where}.{key} is not a known field{hint(key, valid)}")
     default = valid[key]
     # The dataclasses carry no runtime type checks, so catch the common slips here.
     if isinstance(default, bool) and value is not None and not isinstance(value, bool):
@@ -406,7 +401,7 @@ def _nearest_key(model: type[BaseModel], loc: tuple) -> str:
         ann = field.annotation
         args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
         cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else (args[-1] if args else cls)
-    return _hint(str(loc[-1]), getattr(cls, "model_fields", {}).keys())
+    return hint(str(loc[-1]), getattr(cls, "model_fields", {}).keys())
 
 
 class _Loader(yaml.SafeLoader):

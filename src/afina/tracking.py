@@ -10,12 +10,19 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from afina.errors import UserError
 
+if TYPE_CHECKING:
+    from afina.spec import Spec
+
 TAG = "afina."  # prefix of every tag afina writes
+ROLE = f"{TAG}role"  # trial | baseline | sweep | promotion | ...: what a run is
+# The project's stores (mlruns/ is git-ignored); env vars and options override them.
+MLFLOW_URI = "sqlite:///mlruns/mlflow.db"
+OPTUNA_URI = "sqlite:///mlruns/optuna.db"
 
 
 def redact(url: str) -> str:
@@ -83,7 +90,7 @@ def experiment(c, name: str, artifact_root: str, uri: str) -> str:
     return c.create_experiment(name, artifact_location=location)
 
 
-def parent_run(c, experiment_id: str, study, spec, spec_path: str) -> str:
+def parent_run(c, experiment_id: str, study, spec: Spec, spec_path: str) -> str:
     """The sweep's run: reused on resume (its id lives in the study's user attributes)."""
     run_id = study.user_attrs.get("mlflow_parent_run_id")
     if run_id:
@@ -97,7 +104,7 @@ def parent_run(c, experiment_id: str, study, spec, spec_path: str) -> str:
         experiment_id,
         run_name=f"sweep-{spec.name}",
         tags={
-            f"{TAG}role": "sweep",
+            ROLE: "sweep",
             f"{TAG}study": study.study_name,
             f"{TAG}spec": spec_path,
             "mlflow.note.content": spec.description or f"afina sweep of {spec.name}",
@@ -120,13 +127,14 @@ def parent_run(c, experiment_id: str, study, spec, spec_path: str) -> str:
     return run.info.run_id
 
 
-def child_run(c, experiment_id: str, parent_id: str, study_name: str, number: int) -> str:
+def child_run(c, experiment_id: str, parent_id: str, study_name: str, number: int, role: str = "trial") -> str:
+    """A run under the sweep's run, named ROLE-N and tagged afina.role=ROLE (trial, refit, reference...)."""
     run = c.create_run(
         experiment_id,
-        run_name=f"trial-{number}",
+        run_name=f"{role}-{number}",
         tags={
             "mlflow.parentRunId": parent_id,
-            f"{TAG}role": "trial",
+            ROLE: role,
             f"{TAG}study": study_name,
             f"{TAG}trial": str(number),
             f"{TAG}state": "RUNNING",
@@ -177,7 +185,7 @@ def _short(v: Any) -> str:
     return s if len(s) <= 6000 else s[:5997] + "..."
 
 
-def dump_spec(spec, overrides: dict[str, Any] | None = None) -> str:
+def dump_spec(spec: Spec, overrides: dict[str, Any] | None = None) -> str:
     import yaml
 
     data = spec.model_dump(mode="json", exclude={"base_dir"})
