@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from afina.errors import UserError
+from afina.tracking import ARTIFACT_ROOT, MLFLOW_URI  # light: no MLflow import
 
 # rich_markup_mode=None: plain click help, so `afina --help` never imports rich (a third of its start-up)
 app = typer.Typer(
@@ -100,7 +101,7 @@ def ui(
     port: Annotated[int, typer.Option(help="Port to listen on")] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless a proxy guards it")] = "127.0.0.1",
     tracking_uri: TrackingOpt = None,
-    artifact_root: Annotated[str, typer.Option(help="Artifact folder of a local store")] = "mlruns/artifacts",
+    artifact_root: Annotated[str, typer.Option(help="Artifact folder of a local store")] = ARTIFACT_ROOT,
 ):
     """Open the MLflow UI on the project's store (mlruns/)."""
     from afina import server as server_mod
@@ -112,8 +113,6 @@ ModelUriArg = Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NA
 
 
 def _tracking_uri(uri: str | None) -> str:
-    from afina.tracking import MLFLOW_URI  # light: no MLflow import
-
     return uri or os.environ.get("AFINA_TRACKING_URI") or MLFLOW_URI
 
 

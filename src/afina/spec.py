@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from afina import metrics
 from afina.errors import UserError, hint
-from afina.tracking import MLFLOW_URI, OPTUNA_URI
+from afina.tracking import ARTIFACT_ROOT, MLFLOW_URI, OPTUNA_URI
 
 # Fields afina owns: setting them in `train` would break tracking, checkpoints or pruning.
 OWNED_TRAIN_FIELDS = {
@@ -238,7 +238,7 @@ class Tracking(Strict):
     experiment: str | None = None
     """MLflow experiment name; defaults to the spec's name."""
     mlflow_uri: str = MLFLOW_URI
-    artifact_root: str = "mlruns/artifacts"
+    artifact_root: str = ARTIFACT_ROOT
     optuna_storage: str = OPTUNA_URI
     checkpoint_dir: str = "mlruns/checkpoints"
     """Scratch space for a running trial's checkpoints; the kept one goes to MLflow."""

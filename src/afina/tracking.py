@@ -23,6 +23,7 @@ ROLE = f"{TAG}role"  # trial | baseline | sweep | promotion | ...: what a run is
 # The project's stores (mlruns/ is git-ignored); env vars and options override them.
 MLFLOW_URI = "sqlite:///mlruns/mlflow.db"
 OPTUNA_URI = "sqlite:///mlruns/optuna.db"
+ARTIFACT_ROOT = "mlruns/artifacts"  # a local store's artifacts
 
 
 def redact(url: str) -> str:
