@@ -135,9 +135,13 @@ class Guard:
                 "params": [[p.key, p.value] for p in kw.get("params", ())],
                 "tags": [[t.key, t.value] for t in kw.get("tags", ())],
             }
-        elif name == "log_artifacts":  # the local folder is scratch space that goes away: keep a copy
+        elif name in ("log_artifacts", "log_artifact"):  # local files are scratch space that goes away: keep a copy
             copy = self.folder / "files" / uuid.uuid4().hex
-            shutil.copytree(rest[0], copy)
+            if name == "log_artifacts":
+                shutil.copytree(rest[0], copy)
+            else:  # one file, under its own name (the artifact's name)
+                copy.mkdir(parents=True)
+                copy = Path(shutil.copy2(rest[0], copy))
             rest[0] = str(copy)
         elif name in ("set_terminated", "create_run"):
             kw.setdefault("end_time" if name == "set_terminated" else "start_time", int(time.time() * 1000))
@@ -205,8 +209,9 @@ def replay(folder: Path, client) -> tuple[int, dict[str, str]]:
                 )
                 claimed.unlink()
                 raise
-            if r["op"] == "log_artifacts":
-                shutil.rmtree(r["args"][0], ignore_errors=True)
+            if r["op"] in ("log_artifacts", "log_artifact"):
+                kept = Path(r["args"][0])
+                shutil.rmtree(kept if r["op"] == "log_artifacts" else kept.parent, ignore_errors=True)
             sent += 1
         claimed.unlink()
     return sent, ids
