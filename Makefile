@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart test test-fast lint data bench
+.PHONY: install quickstart test test-fast lint lint-imports data bench
 
 $(BIN)/afina: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check src tests && $(BIN)/ruff format --check src tests
+
+# The house plan's contracts (pyproject.toml, [tool.importlinter]): layers, no command imports another, no cycles.
+lint-imports: install
+	$(BIN)/lint-imports
 
 data:
 	$(PYTHON) experiments/data/make_tienda.py

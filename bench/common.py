@@ -133,37 +133,43 @@ class Bench:
         import optuna
         import yaml
 
+        from afina import logs, sweep, tracking
         from afina import spec as spec_mod
-        from afina import sweep, tracking
+        from afina import study as study_mod
+        from afina.context import TrialContext
 
         self.folder = Path(folder or tempfile.mkdtemp(prefix="afina-bench-"))
         path = self.folder / "spec.yaml"
         path.write_text(yaml.safe_dump(spec_dict(model, steps, self.folder, **kw)), encoding="utf-8")
         self.spec = spec_mod.load(path)
         self.prepared, self.model_dir, _ = sweep.validate(self.spec)
-        sweep._quiet()
+        logs.quiet(sweep=True)
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        self.study = sweep.open_study(self.spec, create=True)
+        self.study = study_mod.open(self.spec, create=True)
         c = tracking.client(self.spec.tracking.mlflow_uri)
         exp = tracking.experiment(c, "bench", self.spec.tracking.artifact_root, self.spec.tracking.mlflow_uri)
         parent = tracking.parent_run(c, exp, self.study, self.spec, str(path))
-        self.ctx = {"client": c, "experiment_id": exp, "parent_id": parent, "model_dir": self.model_dir, "prompts": []}
+        self.ctx = TrialContext(
+            self.spec, self.prepared, self.model_dir, self.study.study_name, self.spec.search.directions, c, exp, parent
+        )
         cfg = __import__("json").loads((Path(self.model_dir) / "config.json").read_text())
         self.params = _param_count(cfg)
 
     def afina(self, lr: float = 1e-3, reuse: bool = True, prompts: list | None = None) -> dict:
         """One afina trial with fixed params; returns wall time and what the trial logged."""
+        import dataclasses
+
         from afina import trial
 
         self.study.enqueue_trial({"train.learning_rate": lr})
         t = self.study.ask()
-        ctx = {**self.ctx, "reuse": reuse, "prompts": prompts or []}
+        ctx = dataclasses.replace(self.ctx, reuse=reuse, prompts=prompts or [])
         _reset_gpu_peak()
         t0 = time.perf_counter()
-        value = trial.run(self.spec, self.prepared, t, ctx)
+        value = trial.run(ctx, t)
         wall = time.perf_counter() - t0
         self.study.tell(t, value)
-        m = self.ctx["client"].get_run(t.user_attrs["mlflow_run_id"]).data.metrics
+        m = self.ctx.client.get_run(t.user_attrs["mlflow_run_id"]).data.metrics
         return {
             "wall_s": wall,
             "eval_loss": m["best_eval_loss"],
@@ -184,7 +190,7 @@ class Bench:
         from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
         from trl import SFTConfig, SFTTrainer
 
-        from afina import data, space, trial
+        from afina import data, device, space
 
         _reset_gpu_peak()
         t0 = time.perf_counter()
@@ -209,7 +215,7 @@ class Bench:
             disable_tqdm=True,
             include_num_input_tokens_seen="non_padding",
             logging_steps=1,
-            **(trial.device_defaults() if same_defaults else {} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False}),
+            **(device.device_defaults() if same_defaults else {} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False}),
             **train_kw,
         )
         trainer = SFTTrainer(

@@ -41,12 +41,12 @@ def overhead(a) -> dict:
 
 def fixed(a) -> dict:
     """Per-trial cost outside training: wall - train() - sample generation; with reuse vs a fresh load."""
-    from afina import data, models, trial
+    from afina import data, models, train
 
     b = common.Bench(a.model, a.steps, **a.shape)
     prompts = [{"prompt": "¿Cuánto tarda el envío?", "reference": None}]
     gen: list[float] = []
-    orig = trial._samples
+    orig = train._samples
 
     def timed(*args, **kw):  # measure sample generation so it is not counted as overhead
         t0 = time.perf_counter()
@@ -54,7 +54,7 @@ def fixed(a) -> dict:
         gen.append(time.perf_counter() - t0)
         return scores
 
-    trial._samples = timed
+    train._samples = timed
 
     def one(reuse: bool):
         if not reuse:  # a cold worker: nothing cached in memory or on disk
@@ -67,7 +67,7 @@ def fixed(a) -> dict:
 
     first = one(True)  # loads the base and fills the token cache
     on, off = common.interleave(a.repeats, lambda: one(True), lambda: one(False), warmup=False)
-    trial._samples = orig
+    train._samples = orig
     return {
         "fixed_s_reuse": common.med(on, "fixed_s"),
         "fixed_s_fresh": common.med(off, "fixed_s"),
@@ -86,17 +86,17 @@ def fixed(a) -> dict:
 
 def logging_cost(a) -> dict:
     """Per-step curves to MLflow (batched, asynchronous) vs none; final results are logged by both."""
-    from afina import trial
+    from afina.watch import Watch
 
     b = common.Bench(a.model, a.steps, **a.shape)
-    real = trial._Watch.flush
+    real = Watch.flush
 
     def without():
-        trial._Watch.flush = lambda self: self.pending.clear()
+        Watch.flush = lambda self: self.pending.clear()
         try:
             return b.afina()
         finally:
-            trial._Watch.flush = real
+            Watch.flush = real
 
     ra, rb = common.interleave(a.repeats, lambda: b.afina(), without, warmup=not a.quick)
     return {
@@ -217,11 +217,11 @@ def defaults(a) -> dict:
     b = common.Bench(a.model, a.steps, **{"eval_steps": a.steps, **a.shape})
     ra, rb = common.interleave(a.repeats, lambda: b.afina(a.lr), lambda: b.bare(a.lr, same_defaults=False), warmup=not a.quick)
     rel = abs(ra[-1]["eval_loss"] - rb[-1]["eval_loss"]) / rb[-1]["eval_loss"]
-    from afina import trial
+    from afina import device
 
     out = {
-        "device_defaults": trial.device_defaults(),
-        "attention": trial.attention(),
+        "device_defaults": device.device_defaults(),
+        "attention": device.attention(),
         "shape": a.shape,
         "steps": a.steps,
         "eval_loss_afina": ra[-1]["eval_loss"],

@@ -52,12 +52,13 @@ def run_study(
     outside afina's choices, in place of `pruner`."""
     import optuna
 
-    from afina import space, sweep
+    from afina import space
+    from afina import study as study_mod
     from afina.spec import Search
 
     search = Search(space=SPACE, sampler=sampler, pruner=pruner, seed=seed, pruner_args=pruner_args or {})
     study = optuna.create_study(
-        sampler=sweep.sampler(search), pruner=pruner_obj or sweep.pruner(search, first_eval=every), direction="minimize"
+        sampler=study_mod.sampler(search), pruner=pruner_obj or study_mod.pruner(search, first_eval=every), direction="minimize"
     )
     used, hits = 0.0, []
 

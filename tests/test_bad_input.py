@@ -161,7 +161,7 @@ def test_ui_refuses_an_occupied_or_impossible_port(project, cli):
     from afina import tracking
 
     (project / "mlruns").mkdir()
-    tracking.client("sqlite:///mlruns/mlflow.db", must_exist=False).search_experiments()  # a real, empty store
+    tracking.client("sqlite:///mlruns/mlflow.db").search_experiments()  # a real, empty store
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -328,22 +328,22 @@ def test_init_when_experiments_is_a_file(project, cli):
 
 def test_interrupt_swallowed_by_a_finaliser_still_stops(monkeypatch):
     """Python drops a KeyboardInterrupt raised inside __del__ ("Exception ignored in ..."): the flag survives."""
-    from afina import resilience
+    from afina import stop
 
     class Finaliser:
         def __del__(self):
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands while a finaliser runs
             time.sleep(0.1)
 
-    restore = resilience.install_setup_stop()
+    restore = stop.install_setup_stop()
     try:
         Finaliser()
         gc.collect()  # the KeyboardInterrupt is printed as ignored and the code goes on...
         with pytest.raises(KeyboardInterrupt):
-            resilience.check_stop()  # ...until the next set-up step
+            stop.check_stop()  # ...until the next set-up step
     finally:
         restore()
-        resilience.STOP.clear()
+        stop.STOP.clear()
 
 
 def test_ctrl_c_during_setup_stops_the_sweep(project, tmp_path):

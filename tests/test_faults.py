@@ -435,9 +435,9 @@ def password_pg():
 
 @pytest.mark.parametrize("where", ["optuna_storage", "mlflow_uri"])
 def test_wrong_password_is_one_line_and_writes_nothing(where, password_pg, project, cli):
-    from afina import resilience
+    from afina import stores
 
-    resilience.probe_sql(password_pg.format("right-pw-4f2a"), where)  # the right password gets in
+    stores.probe_sql(password_pg.format("right-pw-4f2a"), where)  # the right password gets in
     path = write_spec(project, tiny_spec(tracking={where: password_pg.format("wrong-pw-77c1")}))
     code, out, err = cli("sweep", path, "--no-progress")
     assert code == 2, (out, err)

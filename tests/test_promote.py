@@ -51,7 +51,7 @@ def _alias(c, alias, name="tiny"):
 def test_promote_gate_aliases_rollback_pyfunc(project, cli):
     import mlflow
 
-    from afina import generate, models, pyfunc
+    from afina import loader, models, sampling
 
     path = _spec(project, [LOW, 1e-3, HIGH])
     assert cli("sweep", path, "--no-progress")[0] == 0
@@ -108,16 +108,16 @@ def test_promote_gate_aliases_rollback_pyfunc(project, cli):
     prompts = ["¿Puedo devolver un pedido?", "Describe una camiseta básica blanca"]
     answers = mlflow.pyfunc.load_model("models:/tiny@champion").predict(prompts, params={"max_new_tokens": 6})
     assert isinstance(answers, list) and len(answers) == 2 and all(isinstance(a, str) for a in answers)
-    with pyfunc.fetched("models:/tiny/2") as d:
-        model, tok = pyfunc.load(d)
-    assert answers == generate.generate(model, tok, prompts, max_new_tokens=6)
+    with loader.fetched("models:/tiny/2") as d:
+        model, tok = loader.load(d)
+    assert answers == sampling.generate(model, tok, prompts, max_new_tokens=6)
 
 
 def test_merge_export_generate_serve(project, cli):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from afina import pyfunc
+    from afina import loader
 
     path = _spec(project, [HIGH])
     assert cli("sweep", path, "--no-progress")[0] == 0
@@ -129,9 +129,9 @@ def test_merge_export_generate_serve(project, cli):
     uri = c._tracking_client.tracking_uri
 
     prompt = [{"role": "user", "content": "¿Cuánto tarda el envío?"}]
-    with pyfunc.fetched("models:/tiny/1", uri) as d:  # the adapter version, through PEFT
-        adapter, tok = pyfunc.load(d)
-    with pyfunc.fetched("models:/tiny@champion", uri) as d:  # the merged one: plain transformers
+    with loader.fetched("models:/tiny/1", uri) as d:  # the adapter version, through PEFT
+        adapter, tok = loader.load(d)
+    with loader.fetched("models:/tiny@champion", uri) as d:  # the merged one: plain transformers
         assert not (d / "adapter_config.json").exists() and (d / "model.safetensors").is_file()
         merged = AutoModelForCausalLM.from_pretrained(d, use_safetensors=True)
     ids = tok.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
@@ -149,9 +149,9 @@ def test_merge_export_generate_serve(project, cli):
         assert torch.equal(greedy, exported.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id))
     assert cli("export", "models:/tiny/1", "--out", project / "tienda-model")[0] == 2  # never overwrites
 
-    from afina import generate
+    from afina import sampling
 
-    want = generate.generate(exported, ex_tok, ["hola", "¿Puedo devolver?"], max_new_tokens=5)
+    want = sampling.generate(exported, ex_tok, ["hola", "¿Puedo devolver?"], max_new_tokens=5)
     code, out, err = cli("generate", "models:/tiny@champion", "hola", "--max-new-tokens", "5", "--tracking-uri", uri)
     assert code == 0, err
     assert out.strip() == want[0]

@@ -201,9 +201,9 @@ def test_mlflow_outage_mid_trial_is_kept_then_synced(stack, tmp_path, cli, monke
         assert sorted({m.step for m in c.get_metric_history(rid, "loss")}) == list(range(1, 31))
         assert "best_eval_loss" in run.data.metrics and run.data.params["world_size"] == "1"
         assert {a.path for a in c.list_artifacts(rid)} >= {"checkpoint", "samples.json"}
-    from afina import status
+    from afina import study as study_mod
 
-    assert [r["run_id"] for r in sorted(status.rows(load(stack, "outage")), key=lambda r: r["number"])] == [run_id, real]
+    assert [r["run_id"] for r in sorted(study_mod.rows(load(stack, "outage")), key=lambda r: r["number"])] == [run_id, real]
     _, children = runs(stack, "outage")
     assert sorted(r.info.run_id for r in children) == sorted([run_id, real])
     _, parents = runs(stack, "outage", "sweep")

@@ -386,11 +386,12 @@ def test_all_slices_excluded_is_pruned(project, cli):
 def test_default_pruner_rungs_start_at_the_first_evaluation():
     """Successive halving judges a trial at its first evaluation even while its peer is still running
     (Optuna's min_resource="auto" prunes nothing until some trial has finished)."""
-    from afina import sweep, trial
+    from afina import schedule
+    from afina import study as study_mod
     from afina.spec import Search
 
     def second_is_pruned(search: Search, first_eval: int | None) -> bool:
-        study = optuna.create_study(pruner=sweep.pruner(search, first_eval))
+        study = optuna.create_study(pruner=study_mod.pruner(search, first_eval))
         leader, follower = study.ask(), study.ask()
         leader.report(1.0, 5)  # still running: nothing has finished yet
         assert not leader.should_prune()  # afina asks after every evaluation, which enters the trial in the rung
@@ -405,13 +406,13 @@ def test_default_pruner_rungs_start_at_the_first_evaluation():
     assert not second_is_pruned(Search(space=space, pruner_args={"min_resource": 10}), first_eval=5)  # the user's rung wins
     assert not second_is_pruned(Search(space=space, pruner="median", pruner_args={"n_startup_trials": 1}), first_eval=5)
 
-    assert trial.eval_every({"max_steps": 10, "eval_steps": 5}, 300) == 5
-    assert trial.eval_every({"max_steps": 10}, 300) == 1  # LoRA, eval set free: every step of a short trial
-    assert trial.eval_every({"max_steps": 10}, 300, full=True) == 2  # full: 4 checkpoints a trial
-    assert trial.eval_every({"max_steps": 300}, 3000, n_eval=12) == 25  # 12 reports; each eval about 2 % of 25 steps
-    assert trial.eval_every({"max_steps": 300}, 3000, n_eval=120) == 75  # a large eval set: 4 reports
-    assert trial.eval_every({"max_steps": 300}, 3000, n_eval=60) == 50  # 60 eval rows cost 2.5 training steps: 5 % of 50
-    assert trial.eval_every({"per_device_train_batch_size": 8, "num_train_epochs": 1}, 100, n_eval=12) == 3  # 13 steps
+    assert schedule.eval_every({"max_steps": 10, "eval_steps": 5}, 300) == 5
+    assert schedule.eval_every({"max_steps": 10}, 300) == 1  # LoRA, eval set free: every step of a short trial
+    assert schedule.eval_every({"max_steps": 10}, 300, full=True) == 2  # full: 4 checkpoints a trial
+    assert schedule.eval_every({"max_steps": 300}, 3000, n_eval=12) == 25  # 12 reports; each eval about 2 % of 25 steps
+    assert schedule.eval_every({"max_steps": 300}, 3000, n_eval=120) == 75  # a large eval set: 4 reports
+    assert schedule.eval_every({"max_steps": 300}, 3000, n_eval=60) == 50  # 60 eval rows cost 2.5 training steps: 5 % of 50
+    assert schedule.eval_every({"per_device_train_batch_size": 8, "num_train_epochs": 1}, 100, n_eval=12) == 3  # 13 steps
 
 
 def test_default_pruner_stops_a_bad_trial_at_its_first_evaluation(project, cli):

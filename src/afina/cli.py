@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from afina.errors import RunFailed, UserError
+from afina.tracking import ARTIFACT_ROOT, MLFLOW_URI  # light: no MLflow import
 
 # rich_markup_mode=None: plain click help, so `afina --help` never imports rich (a third of its start-up)
 app = typer.Typer(
@@ -77,15 +78,8 @@ def sweep(
 def status(spec: SpecArg, storage: StorageOpt = None):
     """Leaderboard of the spec's study: state, objective, params, duration, MLflow run."""
     from afina import status as status_mod
-    from afina import sweep as sweep_mod
 
-    s = _spec(spec, storage)
-    study = sweep_mod.open_study(s, create=False)
-    _console().print(status_mod.table(study))
-    from afina import report
-
-    if report.path(s).is_file():
-        _console().print(f"Report: {report.path(s)} (also report.html on the sweep's MLflow run)")
+    status_mod.run(_spec(spec, storage), _console())
 
 
 @app.command()
@@ -107,20 +101,19 @@ def ui(
     port: Annotated[int, typer.Option(help="Port to listen on")] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless a proxy guards it")] = "127.0.0.1",
     tracking_uri: TrackingOpt = None,
-    artifact_root: Annotated[str, typer.Option(help="Artifact folder of a local store")] = "mlruns/artifacts",
+    artifact_root: Annotated[str, typer.Option(help="Artifact folder of a local store")] = ARTIFACT_ROOT,
 ):
     """Open the MLflow UI on the project's store (mlruns/)."""
     from afina import server as server_mod
 
-    uri = tracking_uri or os.environ.get("AFINA_TRACKING_URI") or "sqlite:///mlruns/mlflow.db"
-    raise typer.Exit(server_mod.ui(uri, host, port, artifact_root))
+    raise typer.Exit(server_mod.ui(_tracking_uri(tracking_uri), host, port, artifact_root))
 
 
 ModelUriArg = Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder")]
 
 
 def _tracking_uri(uri: str | None) -> str:
-    return uri or os.environ.get("AFINA_TRACKING_URI") or "sqlite:///mlruns/mlflow.db"
+    return uri or os.environ.get("AFINA_TRACKING_URI") or MLFLOW_URI
 
 
 @app.command()
@@ -149,9 +142,9 @@ def generate(
     tracking_uri: TrackingOpt = None,
 ):
     """Answer a prompt (streamed) or a JSONL of prompts with a registered or exported model."""
-    from afina import pyfunc
+    from afina import generate as generate_mod
 
-    pyfunc.answer(model, prompt, _tracking_uri(tracking_uri), max_new_tokens, temperature, system)
+    generate_mod.run(model, prompt, _tracking_uri(tracking_uri), max_new_tokens, temperature, system)
 
 
 @app.command()
@@ -175,9 +168,9 @@ def rollback(
     tracking_uri: TrackingOpt = None,
 ):
     """Point @champion back at the previous champion (a swap: the demoted version becomes @previous)."""
-    from afina import promote as promote_mod
+    from afina import rollback as rollback_mod
 
-    promote_mod.rollback(name, _tracking_uri(tracking_uri), alias, reason, _console())
+    rollback_mod.run(name, _tracking_uri(tracking_uri), alias, reason, _console())
 
 
 @app.command()
@@ -189,7 +182,7 @@ def check(
     """Check the spec's data before training: schema, duplicates, leakage, lengths, slices. Exit 2 on errors."""
     from afina import check as check_mod
 
-    report = check_mod.check(_spec(spec), _console(), json_path, markdown)
+    report = check_mod.run(_spec(spec), _console(), json_path, markdown)
     if report.errors:
         raise typer.Exit(2)
 
@@ -228,24 +221,9 @@ def server(
 @app.command()
 def sync(spec: SpecArg, tracking_uri: TrackingOpt = None):
     """Send the MLflow records a sweep kept locally while the tracking server was unreachable."""
-    from afina import resilience, tracking
+    from afina import sync as sync_mod
 
-    s = _spec(spec, None, tracking_uri)
-    folder = resilience.fallback_dir(s)
-    kept = resilience.pending(folder)
-    if not kept:
-        typer.echo(f"nothing to send: {folder} holds no kept MLflow records")
-        return
-    resilience.probe_http(s.tracking.mlflow_uri)
-    sent, ids = resilience.replay(folder, tracking.client(s.tracking.mlflow_uri))
-    if ids:  # runs created offline: the study learns their real ids (status, promote)
-        from afina import sweep as sweep_mod
-
-        sweep_mod.record_run_ids(sweep_mod.open_study(s, create=False), ids)
-    typer.echo(
-        f"sent {sent} kept MLflow records to {tracking.redact(s.tracking.mlflow_uri)}"
-        + (f"; created {len(ids)} runs of trials that started while it was down" if ids else "")
-    )
+    typer.echo(sync_mod.run(_spec(spec, None, tracking_uri)))
 
 
 def _cli_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:

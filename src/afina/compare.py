@@ -1,7 +1,5 @@
-"""The base model next to the trials: the sweep's baseline run and `afina compare`.
+"""`afina compare`: the base model next to the trials.
 
-`baseline` evaluates the untouched base model once per study (eval loss, generation metrics,
-judge) as a child run tagged afina.role=baseline, so every leaderboard shows the gain over it.
 `run` puts the same prompts' answers of the base model, the top-K trials and the current
 @champion side by side: a rich table in the terminal and `compare.html` on the parent run.
 Answers come from each run's samples table; a prompt a run never answered is generated from its
@@ -12,119 +10,23 @@ from __future__ import annotations
 
 import random
 import tempfile
-import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from afina import distributed, metrics, models, report, tracking
+from afina import judge, loader, metrics, models, report, sampling
+from afina import study as study_mod
 from afina.errors import UserError
 
+if TYPE_CHECKING:
+    import optuna
 
-def baseline(spec, prepared, ctx: dict, study, console=None) -> dict | None:
-    """Once per study; a failure is reported and leaves the sweep running (it is retried next sweep)."""
-    c = ctx["client"]
-    rid = study.user_attrs.get("baseline_run_id")
-    if rid:
-        try:
-            if c.get_run(rid).info.status == "FINISHED":
-                return study.user_attrs.get("baseline")
-        except Exception:  # the MLflow store was wiped: evaluate again
-            pass
-    run_id = c.create_run(
-        ctx["experiment_id"],
-        run_name="baseline",
-        tags={
-            "mlflow.parentRunId": ctx["parent_id"],
-            f"{tracking.TAG}role": "baseline",
-            f"{tracking.TAG}study": study.study_name,
-            f"{tracking.TAG}state": "RUNNING",
-            "mlflow.note.content": "The untouched base model on the same eval set and prompts as every trial.",
-        },
-    ).info.run_id
-    try:
-        tok, model = _base(spec, ctx["model_dir"])
-        distributed.share({"kind": "baseline"})  # under torchrun the other ranks evaluate their shards with us
-        results = {"eval_loss": _eval_loss(spec, model, tok, prepared)}
-        prompts = ctx["prompts"]
-        if prompts:
-            import mlflow
-
-            outputs = _generate(spec, model, tok, prompts)
-            scores, columns = metrics.evaluate(spec, prompts, outputs)
-            results |= scores
-            mlflow.log_table(
-                {
-                    "trial": ["base"] * len(prompts),
-                    "prompt": [p["prompt"] for p in prompts],
-                    "reference": [p.get("reference") or "" for p in prompts],
-                    "output": outputs,
-                    **columns,
-                },
-                artifact_file="samples.json",
-                run_id=run_id,
-            )
-        for name in spec.evaluate.combine:  # only the combinations the base model has every part of
-            try:
-                results |= metrics.combine({name: spec.evaluate.combine[name]}, results)
-            except ValueError:
-                pass
-        tracking.log_params(c, run_id, {"model.ref": spec.model.ref, "rows.eval": len(prepared.eval)})
-        tracking.log_metrics(c, run_id, results, 0, synchronous=True)
-    except Exception as e:
-        c.log_text(run_id, traceback.format_exc(), "error.txt")
-        tracking.finish(c, run_id, "FAIL", f"{type(e).__name__}: {e}")
-        if console is not None:
-            console.print(f"[yellow]baseline failed[/]: {type(e).__name__}: {e} (the sweep goes on; it is retried next time)")
-        return None
-    tracking.finish(c, run_id, "COMPLETE")
-    study.set_user_attr("baseline", results)
-    study.set_user_attr("baseline_run_id", run_id)
-    return results
+    from afina.spec import Spec
 
 
-def eval_loss_of_base(spec, prepared, model_dir) -> float:
-    """The same eval loss the trials report, measured with SFTTrainer before any training (on every rank)."""
-    tok, model = _base(spec, model_dir)
-    return _eval_loss(spec, model, tok, prepared)
-
-
-def _base(spec, model_dir):
-    """A copy of the worker's base model, loaded as the trials load it (so they reuse it)."""
-    from afina.trial import attention
-
-    return models.fresh(model_dir, spec.model.trust_remote_code, attention(), share_weights=True)  # evaluation only
-
-
-def _eval_loss(spec, model, tok, prepared) -> float:
-    from transformers import PrinterCallback, ProgressCallback
-    from trl import SFTConfig, SFTTrainer
-
-    from afina import data
-    from afina.trial import device_defaults
-
-    fixed = {k: v for k, v in spec.train.items() if k not in ("eval_steps", "save_steps", "logging_steps")}
-    with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(output_dir=tmp, report_to="none", disable_tqdm=True, **{**device_defaults(), **fixed})
-        ds = data.to_dataset(prepared.eval)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, eval_dataset=ds, processing_class=tok)
-        for cb in (PrinterCallback, ProgressCallback):
-            trainer.remove_callback(cb)
-        return float(trainer.evaluate()["eval_loss"])
-
-
-def _generate(spec, model, tok, prompts: list[dict]) -> list[str]:
-    from afina import generate
-
-    return generate.generate(
-        model, tok, [p["prompt"] for p in prompts], spec.samples.max_new_tokens, spec.samples.temperature, spec.samples.system
-    )
-
-
-def contenders(spec, study, c, top: int) -> list[tuple[str, str | None]]:
+def contenders(spec: Spec, study: optuna.Study, c, top: int) -> list[tuple[str, str | None]]:
     """(label, MLflow run id) for base, the top-K completed trials and the @champion."""
-    from afina import status
-
-    out: list[tuple[str, str | None]] = [("base", study.user_attrs.get("baseline_run_id"))]
-    done = [r for r in status.rows(study) if r["state"] == "COMPLETE" and r["run_id"]]
+    out: list[tuple[str, str | None]] = [("base", study_mod.baseline(study)[1] or None)]
+    done = [r for r in study_mod.rows(study) if r["state"] == "COMPLETE" and r["run_id"]]
     out += [(f"trial {r['number']}", r["run_id"]) for r in done[:top]]
     try:
         mv = c.get_model_version_by_alias(spec.model_name, spec.promote.alias)
@@ -135,36 +37,35 @@ def contenders(spec, study, c, top: int) -> list[tuple[str, str | None]]:
     return out
 
 
-def answers(spec, c, label: str, run_id: str | None, prompts: list[dict]) -> list[str]:
+def answers(spec: Spec, c, label: str, run_id: str | None, prompts: list[dict]) -> list[str]:
     stored = report.samples(c, run_id) if run_id else {}
     if all(p["prompt"] in stored for p in prompts):
         return [stored[p["prompt"]] for p in prompts]
     model, tok = _load(spec, c, label, run_id)
-    fresh = dict(zip([p["prompt"] for p in prompts], _generate(spec, model, tok, prompts), strict=True))
+    fresh = dict(zip([p["prompt"] for p in prompts], sampling.answer(spec, model, tok, prompts), strict=True))
     return [stored.get(p["prompt"], fresh[p["prompt"]]) for p in prompts]
 
 
-def _load(spec, c, label: str, run_id: str | None):
-    base_dir = models.resolve(spec.model.ref)
+def _load(spec: Spec, c, label: str, run_id: str | None):
     if label == "base" or not run_id:
+        base_dir = models.resolve(spec.model.ref)
         return models.load_model(base_dir, spec.model.trust_remote_code), models.load_tokenizer(base_dir, spec.model.trust_remote_code)
     tmp = tempfile.mkdtemp(prefix="afina-compare-")
     try:
         ckpt = Path(c.download_artifacts(run_id, "checkpoint", tmp))
     except Exception:
         raise UserError(f"{label}: run {run_id} has no checkpoint/ artifact to answer new prompts with") from None
-    tok = models.load_tokenizer(ckpt, spec.model.trust_remote_code)
+    base, trust = loader.trained_on(ckpt, spec)  # the base the trial was trained on, as promote uses
+    tok = models.load_tokenizer(ckpt, trust)
     if (ckpt / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(models.load_model(base_dir, spec.model.trust_remote_code), str(ckpt)), tok
-    return models.load_model(ckpt, spec.model.trust_remote_code), tok
+        return PeftModel.from_pretrained(models.load_model(models.resolve(base), trust), str(ckpt)), tok
+    return models.load_model(ckpt, trust), tok
 
 
-def win_rates(spec, prompts: list[dict], table: dict[str, list[str]]) -> dict[str, dict[str, int]]:
+def win_rates(spec: Spec, prompts: list[dict], table: dict[str, list[str]]) -> dict[str, dict[str, int]]:
     """Pairwise judge verdicts of each contender against the base; the order alternates against position bias."""
-    from afina import judge
-
     cfg = spec.evaluate.judge
     base = table["base"]
     out = {}
@@ -186,10 +87,8 @@ def win_rates(spec, prompts: list[dict], table: dict[str, list[str]]) -> dict[st
     return out
 
 
-def run(spec, console, top: int = 3, use_judge: bool = False) -> Path:
+def run(spec: Spec, console, top: int = 3, use_judge: bool = False) -> Path:
     from rich.table import Table
-
-    from afina import sweep
 
     if use_judge and not spec.evaluate.judge:
         raise UserError("--judge needs evaluate.judge in the spec (a model or an OpenAI-compatible url)")
@@ -198,9 +97,9 @@ def run(spec, console, top: int = 3, use_judge: bool = False) -> Path:
     prompts = metrics.prompts(spec)
     if not prompts:
         raise UserError("nothing to compare: add samples.prompts (or samples.path / evaluate.path) to the spec")
-    study = sweep.open_study(spec, create=False)
-    c = tracking.client(spec.tracking.mlflow_uri)
-    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    study = study_mod.open(spec)
+    c = study_mod.client(spec)  # compare.html goes through the outage-safe client
+    parent_id = study_mod.parent_id(study)
     table = {label: answers(spec, c, label, rid, prompts) for label, rid in contenders(spec, study, c, top)}
     ms = metrics.for_spec(spec, prompts)
     scores = {label: metrics.score(ms, prompts, outs)[0] for label, outs in table.items()}

@@ -17,9 +17,12 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from afina.errors import UserError
+
+if TYPE_CHECKING:
+    from afina.spec import Spec
 
 ROLES = {"system", "user", "assistant", "tool"}
 # Column names people's exports already use, tried when the spec maps none.
@@ -385,7 +388,7 @@ def load_rows(
     return rows
 
 
-def prepare(spec, collect: bool = False) -> Prepared:
+def prepare(spec: Spec, collect: bool = False) -> Prepared:
     """Load every slice and the eval set. collect=True reports unmappable rows and empty sets in
     `Prepared.issues` instead of raising, so `afina check` can list them all."""
     cache: dict[Path, list[dict]] = {}
@@ -538,12 +541,19 @@ def to_tokenized_dataset(rows: list[Row], table: dict[str, tuple[list[int], list
     return datasets.Dataset.from_dict({"input_ids": [p[0] for p in picked], "labels": [p[1] for p in picked]})
 
 
-def prompts(spec) -> list[dict[str, str | None]]:
+def prompts(spec: Spec) -> list[dict[str, str | None]]:
     """Sample prompts from the spec and its optional prompts file: [{prompt, reference}]."""
     out = [{"prompt": p, "reference": None} if isinstance(p, str) else p.model_dump() for p in spec.samples.prompts]
     if spec.samples.path:
-        for i, rec in enumerate(read(files(spec.samples.path, spec.base_dir)[0]), 1):
-            if not isinstance(rec.get("prompt"), str):
-                raise UserError(f"{spec.samples.path}:{i}: each sample row needs a text 'prompt' (and optionally 'reference')")
-            out.append({"prompt": rec["prompt"], "reference": rec.get("reference")})
+        out += prompt_rows(files(spec.samples.path, spec.base_dir)[0], spec.samples.path, "sample ")
+    return out
+
+
+def prompt_rows(path: Path, where: str, kind: str = "") -> list[dict[str, str | None]]:
+    """[{prompt, reference}] from a file of prompt rows; a row without a text prompt is an error."""
+    out = []
+    for i, rec in enumerate(read(Path(path)), 1):
+        if not isinstance(rec.get("prompt"), str):
+            raise UserError(f"{where}:{i}: each {kind}row needs a text 'prompt' (and optionally 'reference')")
+        out.append({"prompt": rec["prompt"], "reference": rec.get("reference")})
     return out

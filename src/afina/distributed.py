@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
+
+from afina import space as space_mod
 
 
 def init() -> None:
@@ -61,8 +62,6 @@ def share(value: Any) -> Any:
 
 def suggest(trial, space: dict) -> dict[str, Any]:
     """The trial's params: drawn by rank 0 (which holds the real trial), the same on all ranks."""
-    from afina import space as space_mod
-
     return share(space_mod.suggest(trial, space) if rank() == 0 else None)
 
 
@@ -82,27 +81,21 @@ class Remote:
 
     number: int
     params: dict[str, Any]
-    study_name: str
-    directions: list[str]
-
-    @property
-    def study(self):
-        return SimpleNamespace(study_name=self.study_name, directions=self.directions)
 
     def set_user_attr(self, key: str, value: Any) -> None:
         pass  # rank 0 records the trial's attributes
 
 
-def announce(trial, params: dict, resume) -> None:
+def announce(number: int, params: dict, resume, study_name: str, directions: list[str]) -> None:
     """Rank 0: tell the other ranks to train this trial."""
     if active():
         share(
             {
                 "kind": "trial",
-                "number": trial.number,
+                "number": number,
                 "params": params,
                 "resume": str(resume) if resume else None,
-                "study": trial.study.study_name,
-                "directions": [d.name for d in trial.study.directions],
+                "study": study_name,
+                "directions": directions,
             }
         )

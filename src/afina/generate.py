@@ -1,43 +1,36 @@
-"""Real generation: chat template applied, batched, greedy unless a temperature is set."""
+"""`afina generate`: answer a prompt (streamed) or a JSONL file of prompts with a registered or exported model."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
-def chat(prompt: str, system: str | None = None) -> list[dict[str, str]]:
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+from afina import data, loader, logs, sampling
+from afina.errors import UserError
 
 
-def generate(
-    model,
-    tok,
-    prompts: list[str],
-    max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    system: str | None = None,
-    batch_size: int = 8,
-    streamer=None,
-) -> list[str]:
-    import torch
+def run(uri: str, source: str, tracking_uri: str, max_new_tokens: int, temperature: float, system: str | None) -> None:
+    """`afina generate`: stream one answer, or print one JSON line per prompt of a JSONL file."""
+    from transformers import TextStreamer
 
-    was_training = model.training
-    model.eval()
-    side = tok.padding_side
-    tok.padding_side = "left"  # decoder-only models continue from the right edge
-    outputs: list[str] = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            texts = [
-                tok.apply_chat_template(chat(p, system), tokenize=False, add_generation_prompt=True) for p in prompts[i : i + batch_size]
-            ]
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            kwargs = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-            with torch.no_grad():
-                out = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, streamer=streamer, top_p=None, top_k=None, **kwargs
-                )
-            new = out[:, enc["input_ids"].shape[1] :]
-            outputs += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
-    finally:
-        tok.padding_side = side
-        model.train(was_training)
-    return outputs
+    logs.quiet()
+    rows = None
+    if source.endswith(".jsonl") and Path(source).is_file():
+        rows = [r["prompt"] for r in data.prompt_rows(Path(source), source)]
+    elif source.endswith(".jsonl"):
+        raise UserError(f"{source}: no such file; pass a prompt or an existing .jsonl of {{prompt}} rows")
+    with loader.fetched(uri, tracking_uri) as model_dir:
+        model, tok = loader.load(model_dir)
+    if rows is None:
+        sampling.generate(
+            model,
+            tok,
+            [source],
+            max_new_tokens,
+            temperature,
+            system,
+            streamer=TextStreamer(tok, skip_prompt=True, skip_special_tokens=True),
+        )
+        return
+    for prompt, out in zip(rows, sampling.generate(model, tok, rows, max_new_tokens, temperature, system), strict=True):
+        print(json.dumps({"prompt": prompt, "output": out}, ensure_ascii=False), flush=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from afina import check, data, models
+from afina import audit, data, models
 from afina import spec as spec_mod
 from afina.errors import UserError
 
@@ -94,8 +94,8 @@ def init(data_file: Path, name: str | None, force: bool, console, model: str = "
         raise UserError(f"cannot write {target} ({e.strerror}); check that folder") from None
     console.print(f"wrote [bold]{target}[/] ({len(slices)} slice{'s' * (len(slices) > 1)}, format {fmt}); checking it:")
     final = spec_mod.load(target)  # check what was written, as `afina sweep` will read it
-    report = check.run(final, data.prepare(final, collect=True), tokenizer)
-    check.render(report, console)
+    report = audit.run(final, data.prepare(final, collect=True), tokenizer)
+    audit.render(report, console)
     console.print(f"Next: edit {target} if you like, then [bold]afina sweep {target}[/]")
     return report
 
@@ -140,7 +140,7 @@ def _max_length(prepared: data.Prepared, tokenizer) -> int:
     rows = [r for rows in prepared.slices.values() for r in rows]
     if not rows:
         return 256
-    lengths = sorted(check._tokens(rows, tokenizer))
+    lengths = sorted(audit.tokens(rows, tokenizer))
     p95 = lengths[int(0.95 * (len(lengths) - 1))]
     return int(min(1024, max(128, -(-p95 // 64) * 64)))
 

@@ -16,6 +16,7 @@ import re
 import urllib.error
 import urllib.request
 
+from afina import models, sampling
 from afina.tracking import redact
 
 PROMPT = """You are grading an answer from a customer-facing assistant.
@@ -41,10 +42,8 @@ def ask(cfg, messages: list[str]) -> list[str]:
     """Raw judge replies, one per message."""
     if cfg.url:
         return [_http(cfg, m) for m in messages]
-    from afina import generate
-
     model, tok = _local(cfg.model)
-    return generate.generate(model, tok, messages, cfg.max_new_tokens, 0.0)
+    return sampling.generate(model, tok, messages, cfg.max_new_tokens, 0.0)
 
 
 def _reference(cfg, p: dict) -> str:
@@ -147,7 +146,5 @@ def _http(cfg, content: str) -> str:
 @functools.cache
 def _local(ref: str):
     """A local judge is loaded once per process and reused by every trial."""
-    from afina import models
-
     folder = models.resolve(ref)
     return models.load_model(folder), models.load_tokenizer(folder)

@@ -24,9 +24,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from afina.errors import UserError
+from afina import data, judge, models
+from afina.errors import UserError, hint
+
+if TYPE_CHECKING:
+    from afina.spec import Spec
 
 # What a trial measures besides generation metrics; anything here may be a search objective.
 TRAIN_RESULTS = ("eval_loss", "train_loss", "train_runtime", "train_tokens")
@@ -54,9 +58,9 @@ def parse(entries: list, base_dir: Path | str = ".") -> list[Metric]:
         where = f"evaluate.metrics[{i}]"
         if isinstance(entry, str):
             if entry not in PLAIN:
-                hint = _hint(entry, PLAIN | WITH_ARG)
+                near = hint(entry, PLAIN | WITH_ARG)
                 raise ValueError(
-                    f"{where}: unknown metric {entry!r}{hint}; known: {', '.join(sorted(PLAIN))}, or {{contains|not_contains|regex|custom: ...}}"
+                    f"{where}: unknown metric {entry!r}{near}; known: {', '.join(sorted(PLAIN))}, or {{contains|not_contains|regex|custom: ...}}"
                 )
             out.append(Metric(entry, entry))
             continue
@@ -116,57 +120,48 @@ def load_scorer(ref: Any, base_dir: Path | str, where: str = "custom") -> Callab
     return fn
 
 
-def prompts(spec) -> list[dict]:
+def prompts(spec: Spec) -> list[dict]:
     """The evaluation prompts: the samples prompts plus `evaluate.path` rows ({prompt, reference})."""
-    from afina import data
-
     out = data.prompts(spec)
     if spec.evaluate.path:
-        for i, rec in enumerate(data.read(data.files(spec.evaluate.path, spec.base_dir)[0]), 1):
-            if not isinstance(rec.get("prompt"), str):
-                raise UserError(f"{spec.evaluate.path}:{i}: each evaluate row needs a text 'prompt' (and optionally 'reference')")
-            out.append({"prompt": rec["prompt"], "reference": rec.get("reference")})
+        out += data.prompt_rows(data.files(spec.evaluate.path, spec.base_dir)[0], spec.evaluate.path, "evaluate ")
     return out
 
 
-def for_spec(spec, rows: list[dict]) -> list[Metric]:
+def for_spec(spec: Spec, rows: list[dict]) -> list[Metric]:
     entries = spec.evaluate.metrics if spec.evaluate.metrics is not None else defaults(rows)
     return parse(entries, spec.base_dir)
 
 
-def results_known(spec, metrics: list[Metric]) -> set[str]:
+def results_known(spec: Spec, metrics: list[Metric]) -> set[str]:
     """Every result name a trial of this spec reports (any of them may be an objective)."""
     judged = {"judge", "judge_unparsed"} if spec.evaluate.judge else set()
     return set(TRAIN_RESULTS) | {m.name for m in metrics} | judged | set(spec.evaluate.combine)
 
 
-def validate(spec, rows: list[dict]) -> list[Metric]:
+def validate(spec: Spec, rows: list[dict]) -> list[Metric]:
     """Called by `afina sweep` before anything is written."""
     ms = for_spec(spec, rows)
     known = results_known(spec, ms) - set(spec.evaluate.combine)
     for name, parts in spec.evaluate.combine.items():
         for part in parts:
             if part not in known:
-                raise UserError(f"evaluate.combine.{name}: {part!r} is not measured{_hint(part, known)}; known: {', '.join(sorted(known))}")
+                raise UserError(f"evaluate.combine.{name}: {part!r} is not measured{hint(part, known)}; known: {', '.join(sorted(known))}")
     if spec.evaluate.judge and not rows:
         raise UserError("evaluate.judge needs prompts to judge; add samples.prompts or evaluate.path")
     judge = spec.evaluate.judge
     if judge and judge.api_key_env and judge.api_key_env not in os.environ:
         raise UserError(f"evaluate.judge.api_key_env: the environment variable {judge.api_key_env} is not set; export it first")
     if judge and judge.model:
-        from afina import models
-
         models.resolve(judge.model)
     check(ms, rows, spec.search.objectives, results_known(spec, ms))
     return ms
 
 
-def evaluate(spec, rows: list[dict], outputs: list[str]) -> tuple[dict[str, float], dict[str, list]]:
+def evaluate(spec: Spec, rows: list[dict], outputs: list[str]) -> tuple[dict[str, float], dict[str, list]]:
     """Metrics, judge and combinations for one model's answers: (results, per-row columns)."""
     means, columns = score(for_spec(spec, rows), rows, outputs)
     if spec.evaluate.judge:
-        from afina import judge
-
         scores, raw = judge.score(spec.evaluate.judge, rows, outputs)
         parsed = [s for s in scores if s is not None]
         means["judge_unparsed"] = float(len(scores) - len(parsed))
@@ -178,7 +173,7 @@ def evaluate(spec, rows: list[dict], outputs: list[str]) -> tuple[dict[str, floa
     return means, columns
 
 
-def with_combined(spec, results: dict[str, float]) -> dict[str, float]:
+def with_combined(spec: Spec, results: dict[str, float]) -> dict[str, float]:
     """Results plus the spec's weighted combinations of them."""
     return {**results, **combine(spec.evaluate.combine, results)}
 
@@ -283,10 +278,3 @@ def _rouge():
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Words())
-
-
-def _hint(word: str, choices) -> str:
-    import difflib
-
-    near = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
-    return f" (did you mean {near[0]!r}?)" if near else ""

@@ -219,3 +219,26 @@ def fresh(model_dir: Path, trust_remote_code: bool = False, attn_implementation:
         for p in model.parameters():  # tied weights are one Parameter, so they stay tied
             memo[id(p)] = torch.nn.Parameter(p.data, requires_grad=p.requires_grad)
     return copy.deepcopy(tok), copy.deepcopy(model, memo)
+
+
+def check(model_dir: Path, ref: str, trust_remote_code: bool) -> None:
+    """The model folder has a readable config, a tokenizer and safetensors weights (never pickles)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    where = f"model.ref {ref!r}"
+    if not list(Path(model_dir).glob("*.safetensors")):
+        pickles = [p.name for p in Path(model_dir).glob("*.bin")] + [p.name for p in Path(model_dir).glob("*.pt*")]
+        how = (
+            f"it has only {pickles[0]}, which afina never unpickles; re-save it with save_pretrained(safe_serialization=True)"
+            if pickles
+            else "no *.safetensors weights in that folder"
+        )
+        raise UserError(f"{where}: {how}")
+    try:
+        AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except Exception as e:  # transformers raises OSError, ValueError, JSONDecodeError... for broken folders
+        raise UserError(
+            f"{where}: cannot be loaded ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
+            "point it at a folder saved with save_pretrained"
+        ) from None

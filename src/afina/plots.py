@@ -12,10 +12,15 @@ import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from afina import study as study_mod
+
+if TYPE_CHECKING:
+    import optuna
 
 
-def render(study, folder: Path) -> list[Path]:
+def render(study: optuna.Study, folder: Path) -> list[Path]:
     """PNG per plot plus one `interactive.html` holding all plotly figures (plotly.js inlined once)."""
     import matplotlib
 
@@ -24,7 +29,7 @@ def render(study, folder: Path) -> list[Path]:
     done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.values]
     if not done:
         return []
-    names = study.user_attrs.get("objectives") or [f"objective {i}" for i in range(len(study.directions))]
+    names = study_mod.objectives(study)
     written: list[Path] = []
     figures: list[tuple[str, Any]] = []
     for name, draw in _plots(study, names, done):

@@ -16,27 +16,32 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from afina import tracking
+from afina import metrics, plots, tracking
+from afina import study as study_mod
+
+if TYPE_CHECKING:
+    import optuna
+
+    from afina.spec import Spec
 
 _LAST: dict[str, tuple[float, float]] = {}  # parent run id -> (when the last refresh ended, how long it took)
 _SAMPLES: dict[str, dict[str, str]] = {}  # run id -> {prompt: output}; a finished run's samples never change
 
 
-def folder(spec) -> Path:
+def folder(spec: Spec) -> Path:
     """Next to the study: the SQLite file's folder, else the project's mlruns/."""
     db = tracking.sqlite_path(spec.tracking.optuna_storage)
     return (db.parent if db is not None else Path("mlruns")) / "reports"
 
 
-def path(spec) -> Path:
+def path(spec: Spec) -> Path:
     return folder(spec) / f"{spec.name}.html"
 
 
-def refresh(spec, study, c, parent_id: str) -> Path:
+def refresh(spec: Spec, study: optuna.Study, c, parent_id: str) -> Path:
     """Re-render plots, leaderboard and report, and log them to the sweep's parent run."""
-    from afina import plots
-
     with tempfile.TemporaryDirectory() as tmp:
         pics = plots.render(study, Path(tmp) / "plots")
         if pics:
@@ -53,7 +58,7 @@ def refresh(spec, study, c, parent_id: str) -> Path:
     return out
 
 
-def refresh_quietly(spec, study, c, parent_id: str, console=None, force: bool = True) -> Path | None:
+def refresh_quietly(spec: Spec, study: optuna.Study, c, parent_id: str, console=None, force: bool = True) -> Path | None:
     """refresh() for the sweep loop: a plotting problem is printed, never fails the sweep.
 
     Without `force` it skips while the last refresh was less than 10x its own duration ago, so
@@ -73,17 +78,15 @@ def refresh_quietly(spec, study, c, parent_id: str, console=None, force: bool = 
         return None
 
 
-def leaderboard(study) -> list[dict]:
+def leaderboard(study: optuna.Study) -> list[dict]:
     """Status rows (best first) with every measured result, the gain over the base model, params."""
-    from afina import status
-
-    names = study.user_attrs.get("objectives") or [f"value{i}" for i in range(len(study.directions))]
-    base = study.user_attrs.get("baseline") or {}
-    pareto = {t.number for t in _pareto(study)}
+    names = study_mod.objectives(study)
+    base = study_mod.baseline(study)[0]
+    pareto = {t.number for t in study_mod.pareto(study)}
     out = []
     if base:
         out.append({"trial": "base", "state": "BASELINE", **{n: base.get(n) for n in names}, **_extra(base, names)})
-    for r in status.rows(study):
+    for r in study_mod.rows(study):
         t = study.trials[r["number"]]
         results = t.user_attrs.get("results") or {}
         row = {"trial": r["number"], "state": r["state"] + (" ★" if r["number"] in pareto else "")}
@@ -99,15 +102,6 @@ def leaderboard(study) -> list[dict]:
 
 def _extra(results: dict, names: list[str]) -> dict:
     return {k: v for k, v in sorted(results.items()) if k not in names}
-
-
-def _pareto(study) -> list:
-    if len(study.directions) < 2:
-        return []
-    try:
-        return study.best_trials
-    except ValueError:
-        return []
 
 
 def _columns(rows: list[dict]) -> list[str]:
@@ -164,10 +158,8 @@ img{max-width:100%;border:1px solid #eee;margin:.5em 0}.pics{display:grid;grid-t
 pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}</style>"""
 
 
-def render(spec, study, c, parent_id: str, board: list[dict], pngs: list[Path]) -> str:
-    from afina import metrics
-
-    names = study.user_attrs.get("objectives") or ["objective"]
+def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict], pngs: list[Path]) -> str:
+    names = study_mod.objectives(study)
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(spec.name)} · afina report</title>{STYLE}</head><body>",
         f"<h1>Sweep report: {html.escape(spec.name)}</h1><p>{html.escape(spec.description)}</p>",
@@ -190,7 +182,7 @@ def render(spec, study, c, parent_id: str, board: list[dict], pngs: list[Path]) 
         )
     prompts = metrics.prompts(spec)
     trials = [r for r in board if r["trial"] != "base" and r["state"].startswith("COMPLETE")]
-    base_out = samples(c, study.user_attrs.get("baseline_run_id", ""))
+    base_out = samples(c, study_mod.baseline(study)[1])
     if prompts and trials:
         best = trials[0]
         best_out = samples(c, best["run_id"])

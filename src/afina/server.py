@@ -1,4 +1,4 @@
-"""`afina server`: the MLflow tracking server that many workers share.
+"""`afina server` and `afina ui`: the MLflow tracking server that many workers share, and the UI on a local store.
 
 Runs are kept in PostgreSQL (or MySQL); artifacts are served by the server itself from a local
 folder or an S3-compatible bucket, so workers need no bucket credentials. It binds 127.0.0.1
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from afina import resilience, tracking
+from afina import stores, tracking
 from afina.errors import UserError
 
 REMOTE_ARTIFACTS = ("s3", "gs", "wasbs", "abfss", "hdfs", "sftp", "ftp")
@@ -60,11 +60,8 @@ def ui(uri: str, host: str, port: int, artifact_root: str) -> int:
     """`afina ui`: check the store and the port, then run `mlflow ui` as a child that stops when afina does."""
     if uri.startswith(("http://", "https://")):
         raise UserError(f"--tracking-uri {tracking.redact(uri)} is already a server: open it in a browser")
-    tracking.check_url(uri, "mlflow_uri", "--tracking-uri")
+    stores.require_mlflow(uri)  # a missing SQLite file is a typo, a dead database one line
     path = tracking.sqlite_path(uri)
-    if path is not None and not path.is_file():
-        raise UserError(f"no MLflow store at {path}; run `afina sweep` first or pass --tracking-uri")
-    resilience.probe_sql(uri, "--tracking-uri")
     check_port(host, port)
     print(f"MLflow UI on http://{host}:{port} (store {tracking.redact(uri)}); Ctrl-C stops it", flush=True)
     cmd = command(Path(artifact_root).resolve().as_uri() if path is not None else None, host, port, None, False, ui=True)
@@ -120,10 +117,10 @@ def run(backend: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000,
     if auth and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD") and not os.environ.get("MLFLOW_AUTH_CONFIG_PATH"):
         raise UserError("--auth: set MLFLOW_AUTH_ADMIN_PASSWORD (the first admin password) or MLFLOW_AUTH_CONFIG_PATH")
     tracking.check_url(backend, "mlflow_uri", "--backend-store-uri")
-    resilience.probe_sql(backend, "--backend-store-uri")
+    stores.probe_sql(backend, "--backend-store-uri")
     folder = None if urlsplit(artifacts).scheme in REMOTE_ARTIFACTS else Path(artifacts.removeprefix("file://")).expanduser().resolve()
     if folder is not None:
-        resilience.writable(folder, "--artifacts-destination")
+        stores.writable(folder, "--artifacts-destination")
     check_port(host, port)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from afina.errors import UserError
+
+if TYPE_CHECKING:
+    from afina.spec import Spec
 
 
 def suggest(trial, space: dict) -> dict[str, Any]:
@@ -52,7 +55,7 @@ def grid(space: dict) -> dict[str, list]:
     return out
 
 
-def apply(spec, params: dict[str, Any]) -> tuple[dict, dict, dict[str, dict]]:
+def apply(spec: Spec, params: dict[str, Any]) -> tuple[dict, dict, dict[str, dict]]:
     """Fixed spec values overridden by the trial's picks: (train kwargs, lora kwargs, slice choices)."""
     train, lora = dict(spec.train), dict(spec.lora)
     slices = {

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import difflib
 import functools
 import math
 import re
@@ -19,7 +18,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from afina.errors import UserError
+from afina import metrics
+from afina.errors import UserError, hint
+from afina.tracking import ARTIFACT_ROOT, MLFLOW_URI, OPTUNA_URI
 
 # Fields afina owns: setting them in `train` would break tracking, checkpoints or pruning.
 OWNED_TRAIN_FIELDS = {
@@ -117,7 +118,7 @@ class Data(Strict):
     def _eval_slices(self):
         for name in self.eval.slices or []:
             if name not in self.slices:
-                raise ValueError(f"data.eval.slices: unknown slice {name!r}{_hint(name, self.slices)}")
+                raise ValueError(f"data.eval.slices: unknown slice {name!r}{hint(name, self.slices)}")
         return self
 
 
@@ -267,9 +268,9 @@ class Evaluate(Strict):
 class Tracking(Strict):
     experiment: str | None = Field(None, min_length=1, max_length=200)
     """MLflow experiment name; defaults to the spec's name."""
-    mlflow_uri: str = "sqlite:///mlruns/mlflow.db"
-    artifact_root: str = "mlruns/artifacts"
-    optuna_storage: str = "sqlite:///mlruns/optuna.db"
+    mlflow_uri: str = MLFLOW_URI
+    artifact_root: str = ARTIFACT_ROOT
+    optuna_storage: str = OPTUNA_URI
     checkpoint_dir: str = "mlruns/checkpoints"
     """Scratch space for a running trial's checkpoints; the kept one goes to MLflow."""
 
@@ -352,15 +353,15 @@ class Spec(Strict):
             elif section == "slices":
                 name, _, attr = rest.partition(".")
                 if name not in self.data.slices:
-                    raise ValueError(f"search.space.{key}: unknown slice {name!r}{_hint(name, self.data.slices)}")
+                    raise ValueError(f"search.space.{key}: unknown slice {name!r}{hint(name, self.data.slices)}")
                 if attr not in SLICE_RANGES:
                     raise ValueError(
-                        f"search.space.{key}: slices can search include, weight or fraction{_hint(attr, ['include', 'weight', 'fraction'])}"
+                        f"search.space.{key}: slices can search include, weight or fraction{hint(attr, ['include', 'weight', 'fraction'])}"
                     )
                 _check_slice_dim(key, attr, dim)
             else:
                 raise ValueError(
-                    f"search.space.{key}: keys start with train., lora. or slices.{_hint(section, ['train', 'lora', 'slices'])}"
+                    f"search.space.{key}: keys start with train., lora. or slices.{hint(section, ['train', 'lora', 'slices'])}"
                 )
         if self.search.sampler == "grid":
             for key, dim in self.search.space.items():
@@ -381,8 +382,7 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _metrics(self):
-        from afina import metrics  # unknown metrics and unimportable scorers fail at load
-
+        # unknown metrics and unimportable scorers fail at load
         metrics.parse(self.evaluate.metrics or [], self.base_dir)
         return self
 
@@ -443,11 +443,6 @@ def _fields(package: str, target: str) -> dict[str, Any]:
     return fields
 
 
-def _hint(word: str, choices) -> str:
-    near = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {near[0]!r}?)" if near else ""
-
-
 # Secret-holding config fields (hub_token, ...): refused, so a secret never reaches a run, an artifact or a pickle.
 SECRET_FIELDS = re.compile(r"(^|_)(hub|auth|access|api)_?(token|key)$|passw|secret|credential", re.I)
 
@@ -460,7 +455,7 @@ def _check_field(key: str, where: str, valid: dict[str, Any], value: Any = None)
             f"{where}.{key} holds a secret, which afina never writes into a spec or run; remove it (afina never uploads to a hub)"
         )
     if key not in valid:
-        raise ValueError(f"{where}.{key} is not a known field{_hint(key, valid)}")
+        raise ValueError(f"{where}.{key} is not a known field{hint(key, valid)}")
     default = valid[key]
     # The dataclasses carry no runtime type checks, so catch the common slips here.
     if isinstance(default, bool) and value is not None and not isinstance(value, bool):
@@ -508,7 +503,7 @@ def _nearest_key(model: type[BaseModel], loc: tuple) -> str:
         ann = field.annotation
         args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
         cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else (args[-1] if args else cls)
-    return _hint(str(loc[-1]), getattr(cls, "model_fields", {}).keys())
+    return hint(str(loc[-1]), getattr(cls, "model_fields", {}).keys())
 
 
 MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything bigger is a mistake (or an attack)

@@ -10,12 +10,20 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from afina.errors import UserError
 
+if TYPE_CHECKING:
+    from afina.spec import Spec
+
 TAG = "afina."  # prefix of every tag afina writes
+ROLE = f"{TAG}role"  # trial | baseline | sweep | promotion | ...: what a run is
+# The project's stores (mlruns/ is git-ignored); env vars and options override them.
+MLFLOW_URI = "sqlite:///mlruns/mlflow.db"
+OPTUNA_URI = "sqlite:///mlruns/optuna.db"
+ARTIFACT_ROOT = "mlruns/artifacts"  # a local store's artifacts
 
 
 # A URL inside any text: scheme://... up to whitespace, a quote or a bracket.
@@ -103,28 +111,10 @@ def absolute(url: str) -> str:
     return f"sqlite:///{path.resolve()}" if path is not None and not path.is_absolute() else url
 
 
-def check_store(uri: str, label: str = "tracking.mlflow_uri") -> None:
-    """An existing MLflow store that answers, for commands that read one: a missing SQLite file is a
-    typo (connecting would create an empty store), a dead server is one line instead of MLflow's retries."""
-    from afina import resilience
-
-    check_url(uri, "mlflow_uri", label)
-    path = sqlite_path(uri)
-    if path is not None and not path.is_file():
-        raise UserError(f"no MLflow store at {path}; run `afina sweep` first or pass --tracking-uri")
-    if uri.startswith(("http://", "https://")):
-        resilience.probe_http(uri)
-    elif not uri.startswith("databricks"):
-        resilience.probe_sql(uri, label)
-
-
-def client(uri: str, must_exist: bool = True):
-    """An MLflow client on the store; with must_exist (every command but sweep, which checked it already) it is probed first."""
+def client(uri: str):
     import mlflow
     from mlflow import MlflowClient
 
-    if must_exist:
-        check_store(uri)
     uri = absolute(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -140,7 +130,7 @@ def experiment(c, name: str, artifact_root: str, uri: str) -> str:
     return c.create_experiment(name, artifact_location=location)
 
 
-def parent_run(c, experiment_id: str, study, spec, spec_path: str) -> str:
+def parent_run(c, experiment_id: str, study, spec: Spec, spec_path: str) -> str:
     """The sweep's run: reused on resume (its id lives in the study's user attributes)."""
     run_id = study.user_attrs.get("mlflow_parent_run_id")
     if run_id:
@@ -154,10 +144,10 @@ def parent_run(c, experiment_id: str, study, spec, spec_path: str) -> str:
         experiment_id,
         run_name=f"sweep-{spec.name}",
         tags={
-            f"{TAG}role": "sweep",
+            ROLE: "sweep",
             f"{TAG}study": study.study_name,
             f"{TAG}spec": spec_path,
-            "mlflow.note.content": spec.description or f"afina sweep of {spec.name}",
+            "mlflow.note.content": redact(spec.description) or f"afina sweep of {spec.name}",
         },
     )
     study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
@@ -177,13 +167,14 @@ def parent_run(c, experiment_id: str, study, spec, spec_path: str) -> str:
     return run.info.run_id
 
 
-def child_run(c, experiment_id: str, parent_id: str, study_name: str, number: int) -> str:
+def child_run(c, experiment_id: str, parent_id: str, study_name: str, number: int, role: str = "trial") -> str:
+    """A run under the sweep's run, named ROLE-N and tagged afina.role=ROLE (trial, refit, reference...)."""
     run = c.create_run(
         experiment_id,
-        run_name=f"trial-{number}",
+        run_name=f"{role}-{number}",
         tags={
             "mlflow.parentRunId": parent_id,
-            f"{TAG}role": "trial",
+            ROLE: role,
             f"{TAG}study": study_name,
             f"{TAG}trial": str(number),
             f"{TAG}state": "RUNNING",
@@ -243,7 +234,7 @@ def scrub(value: Any, key: str = "") -> Any:
     return mask(key, value)
 
 
-def dump_spec(spec, overrides: dict[str, Any] | None = None) -> str:
+def dump_spec(spec: Spec, overrides: dict[str, Any] | None = None) -> str:
     import yaml
 
     data = scrub(spec.model_dump(mode="json", exclude={"base_dir"}))

@@ -1,0 +1,363 @@
+"""The data check behind `afina check` and every sweep: what is wrong with the data before any training time is spent.
+
+Errors (exit 2, and a sweep refuses to start): rows that cannot be mapped, chats in an order no
+template trains well on, empty fields, empty slices or eval set, eval/promotion rows that are
+also training rows. Warnings: duplicates, trivially short answers, rows the chat template makes
+longer than max_length, unbalanced slices, slices not in their declared language.
+Every problem names its file:row and field; the report is JSON and markdown for MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from afina import data, language, tracking
+from afina.data import Issue, Row
+from afina.spec import sft_fields
+
+if TYPE_CHECKING:
+    from afina.spec import Spec
+
+SHORT = 3  # an answer with fewer characters than this teaches nothing
+IMBALANCE = 10  # warn when a filtered slice is this many times smaller than the largest
+LANGUAGE_SHARE = 0.8  # warn when fewer of a slice's rows are in its declared language
+BARS = " ▁▂▃▄▅▆▇█"
+
+
+@dataclass
+class Report:
+    issues: list[Issue] = field(default_factory=list)
+    slices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_length: int | None = None
+    longest: int = 0  # right edge of every slice's histogram, so they compare
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.level == "error"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.level == "warning"]
+
+    def summary(self) -> str:
+        return f"{len(self.errors)} errors, {len(self.warnings)} warnings"
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"summary": self.summary(), "max_length": self.max_length, "slices": self.slices, "issues": [asdict(i) for i in self.issues]},
+            indent=2,
+            ensure_ascii=False,
+        )
+
+    def to_markdown(self, per_kind: int = 50) -> str:
+        out = [
+            f"# afina check: {self.summary()}",
+            "",
+            f"max_length: {self.max_length}",
+            "",
+            "| slice | rows | tokens min | median | p95 | max | truncated | language |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, s in self.slices.items():
+            t = s.get("tokens") or {}
+            out.append(
+                f"| {name} | {s['rows']} | {t.get('min', '')} | {t.get('median', '')} | {t.get('p95', '')} | {t.get('max', '')} "
+                f"| {s.get('truncated', '')} | {s.get('language', '')} |"
+            )
+        for kind, items in _by_kind(self.issues).items():
+            out += ["", f"## {items[0].level}: {kind} ({len(items)})", "", "| where | field | problem |", "|---|---|---|"]
+            out += [f"| {i.where} | {i.field} | {i.message.replace('|', '/')} |" for i in items[:per_kind]]
+            if len(items) > per_kind:
+                out.append(f"| … | | {len(items) - per_kind} more in report.json |")
+        return "\n".join(out) + "\n"
+
+
+def run(spec: Spec, prepared: data.Prepared, tokenizer=None) -> Report:
+    """Check loaded data; `tokenizer` (the model's) enables length stats and truncation counts."""
+    report = Report(issues=list(prepared.issues), max_length=_max_length(spec))
+    add = report.issues.append
+    if not any(_can_include(spec, n) for n in spec.data.slices):
+        add(
+            Issue(
+                "error",
+                "data.slices",
+                "include",
+                "every slice is excluded or has weight 0 and none is searched; nothing would train",
+                "slice",
+            )
+        )
+    sets = {**prepared.slices, "eval": prepared.eval}
+    if spec.promote.path:
+        sets["promote"] = data.load_rows(spec, spec.promote.path, "promote")
+    for rows in sets.values():
+        for row in rows:
+            _row(row, add)
+    train = [r for rows in prepared.slices.values() for r in rows]
+    _duplicates(train, add)
+    for name in ("eval", "promote"):
+        if name in sets:
+            _leakage(train, sets[name], name, add)
+    _balance(spec, prepared, add)
+    for name, rows in sets.items():
+        report.slices[name] = {"rows": len(rows)}
+        declared = spec.data.slices[name].language if name in spec.data.slices else None
+        if declared and rows:
+            report.slices[name]["language"] = _language(name, declared, rows, add)
+    if tokenizer is not None:
+        _lengths(sets, tokenizer, report)
+    return report
+
+
+def _max_length(spec: Spec) -> int | None:
+    dim = spec.search.space.get("train.max_length")
+    if dim is not None and (dim.int or dim.categorical):  # the shortest a trial may use
+        return min(dim.int or [v for v in dim.categorical if v])
+    return spec.train.get("max_length", sft_fields().get("max_length"))
+
+
+def _can_include(spec: Spec, name: str) -> bool:
+    s, space = spec.data.slices[name], spec.search.space
+    include = f"slices.{name}.include" in space or s.include
+    weight = f"slices.{name}.weight" in space or s.weight > 0
+    return include and weight
+
+
+def _where(row: Row, j: int) -> str:
+    return row.fields[j] if j < len(row.fields) else f"messages[{j}].content"
+
+
+def _row(row: Row, add) -> None:
+    roles = [m["role"] for m in row.messages]
+    for j, m in enumerate(row.messages):
+        if m["role"] == "system" and j > 0:
+            add(Issue("error", row.origin, f"messages[{j}].role", "a system turn may only come first", "role-order"))
+        if j and m["role"] == roles[j - 1] and m["role"] in ("user", "assistant"):
+            add(Issue("warning", row.origin, f"messages[{j}].role", f"two {m['role']} turns in a row; merge them", "role-order"))
+        text = m["content"].strip()
+        if not text:
+            what = "empty answer" if m["role"] == "assistant" else "empty field"
+            add(Issue("error", row.origin, _where(row, j), f"{what}; fill it in or drop the row", "empty"))
+        elif m["role"] == "assistant" and len(text) < SHORT:
+            add(Issue("warning", row.origin, _where(row, j), f"trivially short answer {text!r}", "short"))
+    if "assistant" not in roles:
+        add(Issue("error", row.origin, "messages", "no assistant turn: nothing to learn", "role-order"))
+    elif roles[-1] != "assistant":
+        add(
+            Issue(
+                "warning",
+                row.origin,
+                f"messages[{len(roles) - 1}].role",
+                f"ends with a {roles[-1]} turn, which the model learns to write",
+                "role-order",
+            )
+        )
+
+
+def normal(text: str) -> str:
+    """Text as a reader compares it: case, accents, punctuation and spacing ignored."""
+    text = unicodedata.normalize("NFKD", text.lower())
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    return " ".join(re.findall(r"\w+", text))
+
+
+def _conversation(row: Row) -> str:
+    return " | ".join(normal(m["content"]) for m in row.messages if m["role"] != "system")
+
+
+def _prompt(row: Row) -> str:
+    return " | ".join(normal(m["content"]) for m in row.messages if m["role"] in ("user", "tool"))
+
+
+def _duplicates(train: list[Row], add) -> None:
+    exact: dict[str, Row] = {}
+    near: dict[str, Row] = {}
+    for row in train:
+        first = exact.setdefault(row.key, row)
+        if first is not row:
+            add(Issue("warning", row.origin, "messages", f"exact duplicate of {first.origin}", "duplicate"))
+            continue
+        first = near.setdefault(_conversation(row), row)
+        if first is not row:
+            add(
+                Issue(
+                    "warning",
+                    row.origin,
+                    "messages",
+                    f"near duplicate of {first.origin} (same text up to case, accents, punctuation)",
+                    "near-duplicate",
+                )
+            )
+
+
+def _leakage(train: list[Row], held: list[Row], name: str, add) -> None:
+    conversations = {_conversation(r): r for r in train}
+    prompts = {_prompt(r): r for r in train if _prompt(r)}
+    for row in held:
+        hit = conversations.get(_conversation(row))
+        if hit is not None:
+            add(
+                Issue(
+                    "error",
+                    row.origin,
+                    "messages",
+                    f"{name} row is also a training row ({hit.origin}); the {name} score would reward memorising it",
+                    "leakage",
+                )
+            )
+        elif _prompt(row) and (hit := prompts.get(_prompt(row))) is not None:
+            add(
+                Issue(
+                    "warning",
+                    row.origin,
+                    _where(row, 0 if row.messages[0]["role"] != "system" else 1),
+                    f"{name} prompt also appears in training ({hit.origin})",
+                    "leakage",
+                )
+            )
+
+
+def _balance(spec: Spec, prepared: data.Prepared, add) -> None:
+    """Slices cut from one column by a filter: say when one is tiny next to the others."""
+    by_column: dict[str, dict[str, int]] = {}
+    for name, s in spec.data.slices.items():
+        for column in s.where:
+            by_column.setdefault(column, {})[name] = len(prepared.slices[name])
+    for column, sizes in by_column.items():
+        big = max(sizes, key=sizes.get)
+        for name, n in sizes.items():
+            if n and sizes[big] >= IMBALANCE * n:
+                add(
+                    Issue(
+                        "warning",
+                        f"slice {name}",
+                        "where",
+                        f"{n} rows against {sizes[big]} in slice {big} (same column {column!r}); its weight decides how often it is seen",
+                        "balance",
+                    )
+                )
+
+
+def _language(name: str, declared: str, rows: list[Row], add) -> str:
+    texts = [" ".join(m["content"] for m in r.messages if m["role"] != "system") for r in rows]
+    share, other = language.share(texts, declared)
+    if share < LANGUAGE_SHARE:
+        where = ", ".join(rows[i].origin for i in other[:5])
+        add(
+            Issue(
+                "warning",
+                f"slice {name}",
+                "language",
+                f"declared {declared!r}, but {len(other)} of its rows look like another language (e.g. {where})",
+                "language",
+            )
+        )
+    return f"{declared} {share:.0%}"
+
+
+def _lengths(sets: dict[str, list[Row]], tokenizer, report: Report) -> None:
+    limit = report.max_length
+    try:
+        lengths = {name: tokens(rows, tokenizer) for name, rows in sets.items()}
+    except ValueError as e:  # no chat template: TRL would fail the same way
+        report.issues.append(
+            Issue("error", "model.ref", "chat_template", f"the tokenizer cannot render chats ({e}); pick a chat model", "model")
+        )
+        return
+    top = report.longest = max((max(v) for v in lengths.values() if v), default=1)
+    for name, counts in lengths.items():
+        if not counts:
+            continue
+        ordered = sorted(counts)
+        report.slices[name]["tokens"] = {
+            "min": ordered[0],
+            "median": int(statistics.median(ordered)),
+            "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+            "max": ordered[-1],
+        }
+        report.slices[name]["histogram"] = _histogram(counts, top)
+        if limit:
+            long = [(r, n) for r, n in zip(sets[name], counts, strict=True) if n > limit]
+            report.slices[name]["truncated"] = len(long)
+            for row, n in long:
+                report.issues.append(
+                    Issue(
+                        "warning",
+                        row.origin,
+                        "messages",
+                        f"{n} tokens after the chat template; truncated to max_length {limit}",
+                        "too-long",
+                    )
+                )
+
+
+def tokens(rows: list[Row], tokenizer) -> list[int]:
+    """Token count per row as SFTTrainer sees it: the chat template applied, then tokenized."""
+    out: list[int] = []
+    for i in range(0, len(rows), 512):
+        batch = tokenizer.apply_chat_template([r.messages for r in rows[i : i + 512]], tokenize=True)
+        out += [len(ids) for ids in batch["input_ids"]]
+    return out
+
+
+def _histogram(counts: list[int], top: int, bins: int = 12) -> list[int]:
+    hist = [0] * bins
+    for n in counts:
+        hist[min(bins - 1, n * bins // (top + 1))] += 1
+    return hist
+
+
+def _bars(hist: list[int]) -> str:
+    peak = max(hist) or 1
+    return "".join(BARS[0 if not h else max(1, round(h * (len(BARS) - 1) / peak))] for h in hist)
+
+
+def _by_kind(issues: list[Issue]) -> dict[str, list[Issue]]:
+    groups: dict[str, list[Issue]] = {}
+    for i in sorted(issues, key=lambda i: i.level != "error"):
+        groups.setdefault(f"{i.kind}", []).append(i)
+    return groups
+
+
+def render(report: Report, console, per_kind: int = 5, table: bool = True) -> None:
+    """The terminal view: per-slice stats with a length histogram, then problems grouped by kind."""
+    from rich.table import Table
+
+    if table:
+        lang = any("language" in s for s in report.slices.values())
+        t = Table(title=f"tokens per row after the chat template · max_length {report.max_length}", title_justify="left")
+        for j, col in enumerate(
+            ("slice", "rows", "min", "median", "p95", "max", "cut", f"0…{report.longest}", *(["language"] if lang else []))
+        ):
+            t.add_column(col, justify="left" if j in (0, 7, 8) else "right", no_wrap=True)
+        for name, s in report.slices.items():
+            tok = s.get("tokens") or {}
+            t.add_row(
+                name,
+                str(s["rows"]),
+                *(str(tok.get(k, "")) for k in ("min", "median", "p95", "max")),
+                str(s.get("truncated", "")),
+                _bars(s["histogram"]) if "histogram" in s else "",
+                *([s.get("language", "")] if lang else []),
+            )
+        console.print(t)
+    for kind, items in _by_kind(report.issues).items():
+        style = "red" if items[0].level == "error" else "yellow"
+        console.print(f"[{style}]{items[0].level}[/] {kind}: {len(items)}")
+        for i in items[:per_kind]:
+            console.print(f"  {i}", markup=False, highlight=False, soft_wrap=True)
+        if len(items) > per_kind:
+            console.print(f"  … and {len(items) - per_kind} more")
+    style = "red" if report.errors else "yellow" if report.warnings else "green"
+    console.print(f"[{style}]check: {report.summary()}[/]")
+
+
+def log(report: Report, client, run_id: str) -> None:
+    """The report as MLflow artifacts of a run (the sweep's parent run)."""
+    client.log_text(run_id, report.to_json(), "check/report.json")
+    client.log_text(run_id, report.to_markdown(), "check/report.md")
+    client.set_tag(run_id, f"{tracking.TAG}check", report.summary())

@@ -1,0 +1,83 @@
+"""The leaderboard of a study as a rich table, read from Optuna (no MLflow round trips):
+what `afina status` and the end of `afina sweep` print.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from afina import study as study_mod
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def table(study: optuna.Study, limit: int = 50):
+    from rich.table import Table
+
+    objectives = study_mod.objectives(study)
+    all_rows = study_mod.rows(study)
+    params = sorted({k for r in all_rows for k in r["params"]})
+    tab = Table(title=f"{study.study_name} · {len(all_rows)} trials", header_style="bold")
+    tab.add_column("#", justify="right")
+    tab.add_column("state")
+    for o in objectives:
+        tab.add_column(o, justify="right")
+    for p in params:
+        tab.add_column(p.removeprefix("train.").removeprefix("lora.").removeprefix("slices."), justify="right")
+    tab.add_column("time", justify="right")
+    tab.add_column("mlflow run", no_wrap=True, min_width=12)  # the id people copy: never elided
+    for r in all_rows[:limit]:
+        vals = [f"{v:.4g}" for v in r["values"]] or ["-"] * len(objectives)
+        tab.add_row(
+            str(r["number"]),
+            _state(r),
+            *vals,
+            *(_fmt(r["params"].get(p)) for p in params),
+            f"{r['duration']:.0f}s" if r["duration"] is not None else "-",
+            r["run_id"][:12],
+        )
+    _base_and_front(tab, study, objectives, len(params))
+    return tab
+
+
+def _base_and_front(tab, study: optuna.Study, objectives: list[str], n_params: int) -> None:
+    """The untouched base model's row, the best trial's gain over it, and the Pareto front (issue 5)."""
+    base, base_run = study_mod.baseline(study)
+    notes = []
+    if base:
+        if tab.rows:
+            tab.rows[-1].end_section = True
+        tab.add_row(
+            "base",
+            "[magenta]BASELINE[/]",
+            *(_fmt(base.get(o)) for o in objectives),
+            *[""] * n_params,
+            "-",
+            base_run[:12],
+        )
+    if len(study.directions) > 1:
+        front = sorted(t.number for t in study_mod.pareto(study))
+        notes.append(f"Pareto front: trials {', '.join(map(str, front))}" if front else "Pareto front: no completed trial yet")
+    else:
+        best = study_mod.best(study)
+        if best is not None and base.get(objectives[0]) is not None:
+            notes.append(
+                f"best trial {best.number}: {objectives[0]} {best.value:.4g} vs base {base[objectives[0]]:.4g} "
+                f"({best.value - base[objectives[0]]:+.4g})"
+            )
+    if notes:
+        tab.caption = " · ".join(notes)
+
+
+def _state(r: dict) -> str:
+    colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan"}.get(r["state"], "white")
+    return f"[{colour}]{r['state']}[/]"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)

@@ -1,0 +1,24 @@
+"""Quiet libraries: our own display and MLflow are the output, not download bars or chatter."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+
+def quiet(sweep: bool = False) -> None:
+    """No download bars or library chatter; a sweep also silences Optuna and per-trial warnings."""
+    import transformers
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if sweep:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

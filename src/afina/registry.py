@@ -1,0 +1,16 @@
+"""The MLflow model registry's aliases: @champion and the one it replaced."""
+
+from __future__ import annotations
+
+
+def previous_alias(alias: str) -> str:
+    return "previous" if alias == "champion" else f"{alias}-previous"
+
+
+def by_alias(c, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return c.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None

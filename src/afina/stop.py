@@ -1,0 +1,55 @@
+"""A graceful first Ctrl-C: the first SIGINT/SIGTERM asks the running trial to checkpoint and stop
+after its current step (the next `afina sweep` resumes it); a second one stops at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+STOP = threading.Event()  # set by the first Ctrl-C/SIGTERM; trial._Watch checkpoints and stops
+
+
+def install_setup_stop() -> Callable[[], object]:
+    """Before the first trial, Ctrl-C or SIGTERM stops the sweep at once, and also sets STOP.
+
+    A KeyboardInterrupt that lands inside a finaliser or callback (a `__del__`, a weakref or GC
+    callback during model loading, tokenizing or a store's connection clean-up) is printed by Python as
+    "Exception ignored in ..." and dropped, and the sweep went on to run every trial. STOP survives
+    that: `check_stop()` between the set-up steps, and the trial loop, see it. Returns the undo function.
+    """
+    STOP.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        STOP.set()
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(s, h) for s, h in old.items()]
+
+
+def check_stop() -> None:
+    """Raise the interrupt a library may have swallowed during set-up."""
+    if STOP.is_set():
+        raise KeyboardInterrupt
+
+
+def install_stop() -> Callable[[], object]:
+    """First SIGINT/SIGTERM: graceful stop. Second: KeyboardInterrupt now. Returns the undo function.
+
+    STOP is not cleared here: an interrupt during set-up (install_setup_stop) must still stop the sweep."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        if STOP.is_set():
+            raise KeyboardInterrupt
+        STOP.set()
+        sys.stderr.write("\nstopping: the running trial saves a checkpoint and stops after this step; press Ctrl-C again to stop at once\n")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(s, h) for s, h in old.items()]
