@@ -16,7 +16,7 @@ def run(spec: Spec) -> str:
     folder = spool.fallback_dir(spec)
     if not spool.pending(folder):
         return f"nothing to send: {folder} holds no kept MLflow records"
-    stores.probe_http(spec.tracking.mlflow_uri)
+    stores.require_mlflow(spec.tracking.mlflow_uri, "tracking.mlflow_uri")
     sent, ids = spool.replay(folder, tracking.client(spec.tracking.mlflow_uri))
     if ids:  # runs created offline: the study learns their real ids (status, promote)
         study_mod.record_run_ids(study_mod.open(spec), ids)
