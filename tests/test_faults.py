@@ -329,7 +329,7 @@ def test_secret_params_and_reasons_are_masked(tmp_path):
         (["--backend-store-uri", "mongodb://h/x"], "use postgresql://"),
         (
             ["--backend-store-uri", "postgresql://postgres:hunter2-pw@127.0.0.1:1/x"],
-            r"backend_store_uri 'postgresql://postgres:\*\*\*@127.0.0.1:1/x' is unusable",
+            r"--backend-store-uri 'postgresql://postgres:\*\*\*@127.0.0.1:1/x' is unusable",
         ),
         (["--backend-store-uri", "sqlite:///s.db", "--auth"], "MLFLOW_AUTH_ADMIN_PASSWORD"),
         (["--backend-store-uri", "sqlite:///s.db", "--port", "70000"], "--port 70000"),
