@@ -139,6 +139,8 @@ class Dim(Strict):
             raise ValueError("a search dimension needs exactly one of float: [lo, hi], int: [lo, hi], categorical: [..]")
         if self.log and self.step is not None and not (self.int and self.step == 1):
             raise ValueError("log: true and step cannot be combined (Optuna samples a log scale without steps); drop one")
+        if self.int and max(map(abs, self.int)) > 2**31 - 1:  # torch and Optuna overflow on anything bigger
+            raise ValueError(f"int bounds {list(self.int)} must lie within ±{2**31 - 1}")
         if self.int and self.step is not None and self.step != builtins.int(self.step):
             raise ValueError(f"an int dimension needs a whole step, not {self.step}")
         if self.categorical and not all(isinstance(c, (str, builtins.int, builtins.float, bool)) for c in self.categorical):
