@@ -135,6 +135,8 @@ CASES = [
     ("not a mapping", "- name: tiny\n", ["a spec is a YAML mapping"]),
     ("no data section", "name: tiny\nsearch: {space: {train.learning_rate: {float: [1.0e-4, 1.0e-3]}}}\n", ["data", "Field required"]),
     ("weight out of range", _edit(_weight), ["data.slices.faq.weight", "less than or equal to 1"]),
+    ("ablate seeds", _spec(search={"ablate": {"seeds": 0}}), ["search.ablate.seeds", "greater than or equal to 1"]),
+    ("ablate typo", _spec(search={"ablate": {"seed": 3}}), ["unknown key 'search.ablate.seed'", "did you mean 'seeds'"]),
 ]
 
 
