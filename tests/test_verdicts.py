@@ -262,3 +262,22 @@ def test_arms_toggle_include_and_put_weights_at_their_bounds(project):
         ("productos.fraction=0.5", False, "productos fraction 0.5 → 1"),
     }
     assert any("excludes poesia" in n for n in notes)  # its weight changes nothing while it is out
+
+
+def test_slice_plot_is_not_drawn_for_a_slice_no_trial_varied():
+    """The held-out run's trap: every trial included the recipe slice, and the report still drew it."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from afina import plots
+
+    dist = {"slices.recetas.include": CategoricalDistribution([True, False]), "train.learning_rate": FloatDistribution(1e-4, 1e-2)}
+    done = [
+        optuna.trial.create_trial(params={"slices.recetas.include": True, "train.learning_rate": lr}, distributions=dist, value=v)
+        for lr, v in ((1e-3, 2.0), (2e-3, 1.9), (5e-3, 2.2))
+    ]
+    with pytest.raises(ValueError, match="no slice was varied"):
+        plots.slice_effect(done, 0, "eval_loss")
+    done.append(
+        optuna.trial.create_trial(params={"slices.recetas.include": False, "train.learning_rate": 1e-3}, distributions=dist, value=2.1)
+    )
+    assert plots.slice_effect(done, 0, "eval_loss")[0] is not None
