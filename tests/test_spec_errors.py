@@ -240,6 +240,8 @@ CASES = [
         _edit(_data_file("l.jsonl", '{"prompt": "adiós", "completion": "sí"}\n'.encode("latin-1"))),
         ["l.jsonl: is not UTF-8"],
     ),
+    ("ablate seeds", _spec(search={"ablate": {"seeds": 0}}), ["search.ablate.seeds", "greater than or equal to 1"]),
+    ("ablate typo", _spec(search={"ablate": {"seed": 3}}), ["unknown key 'search.ablate.seed'", "did you mean 'seeds'"]),
 ]
 
 

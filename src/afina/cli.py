@@ -89,11 +89,30 @@ def compare(
     tracking_uri: TrackingOpt = None,
     top: Annotated[int, typer.Option("--top", help="How many of the best completed trials")] = 3,
     judge: Annotated[bool, typer.Option("--judge", help="Also ask evaluate.judge for head-to-head verdicts vs the base")] = False,
+    slices: Annotated[
+        bool, typer.Option("--slices", help="Base vs the best configuration vs it with each slice toggled (needs `afina ablate`)")
+    ] = False,
 ):
     """The same prompts answered by the base model, the top-K trials and @champion, side by side."""
     from afina import compare as compare_mod
 
-    compare_mod.run(_spec(spec, storage, tracking_uri), _console(), top, use_judge=judge)
+    compare_mod.run(_spec(spec, storage, tracking_uri), _console(), top, use_judge=judge, slices=slices)
+
+
+@app.command()
+def ablate(
+    spec: SpecArg,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    seeds: Annotated[
+        int | None, typer.Option(help="Paired training seeds per configuration (default: search.ablate.seeds, else 3)")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps per run (default: search.ablate.steps, else the best trial's)")] = None,
+):
+    """Retrain the best trial's configuration with each searched slice toggled; say which slice helps or hurts."""
+    from afina import ablate as ablate_mod
+
+    ablate_mod.run(_spec(spec, storage, tracking_uri), str(spec), _console(), seeds, steps)
 
 
 @app.command()

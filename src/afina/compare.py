@@ -87,7 +87,7 @@ def win_rates(spec: Spec, prompts: list[dict], table: dict[str, list[str]]) -> d
     return out
 
 
-def run(spec: Spec, console, top: int = 3, use_judge: bool = False) -> Path:
+def run(spec: Spec, console, top: int = 3, use_judge: bool = False, slices: bool = False) -> Path:
     from rich.table import Table
 
     if use_judge and not spec.evaluate.judge:
@@ -100,7 +100,15 @@ def run(spec: Spec, console, top: int = 3, use_judge: bool = False) -> Path:
     study = study_mod.open(spec)
     c = study_mod.client(spec)  # compare.html goes through the outage-safe client
     parent_id = study_mod.parent_id(study)
-    table = {label: answers(spec, c, label, rid, prompts) for label, rid in contenders(spec, study, c, top)}
+    if slices:  # base, the best configuration, and it with each slice toggled (the ablation's first seed)
+        from afina import findings
+
+        who = findings.slice_contenders(study.user_attrs.get("verdicts"), study_mod.baseline(study)[1])
+        if len(who) < 3:
+            raise UserError("--slices needs an ablation: run `afina ablate SPEC` first (or set search.ablate: true)")
+    else:
+        who = contenders(spec, study, c, top)
+    table = {label: answers(spec, c, label, rid, prompts) for label, rid in who}
     ms = metrics.for_spec(spec, prompts)
     scores = {label: metrics.score(ms, prompts, outs)[0] for label, outs in table.items()}
     wins = win_rates(spec, prompts, table) if use_judge else {}

@@ -97,6 +97,7 @@ def slice_effect(done, index: int, name: str):
     import plotly.graph_objects as go
 
     keys = sorted({k for t in done for k in t.params if k.startswith("slices.") and k.endswith(".include")})
+    keys = [k for k in keys if len({t.params.get(k) for t in done}) > 1]  # a slice every trial chose alike shows nothing
     groups = []
     for key in keys:
         slice_name = key.split(".")[1]
@@ -104,7 +105,7 @@ def slice_effect(done, index: int, name: str):
             vals = [t.values[index] for t in done if t.params.get(key) == flag and math.isfinite(t.values[index])]
             groups.append((slice_name, label, vals))
     if not any(vals for _, _, vals in groups):
-        raise ValueError("no slice was searched")
+        raise ValueError("no slice was varied across the completed trials")
     fig, ax = plt.subplots(figsize=(max(4, 2.2 * len(keys)), 3.6))
     pfig = go.Figure()
     for j, (slice_name, label, vals) in enumerate(groups):
@@ -115,8 +116,9 @@ def slice_effect(done, index: int, name: str):
         pfig.add_trace(go.Box(y=vals, name=f"{slice_name} · {label}", boxpoints="all", marker_color=colour.removeprefix("tab:")))
     ax.set_xticks(range(len(groups)), [f"{s}\n{lab} (n={len(v)})" for s, lab, v in groups])
     ax.set_ylabel(name)
-    ax.set_title(f"{name} with vs without each data slice")
-    pfig.update_layout(title=f"{name} with vs without each data slice", yaxis_title=name, showlegend=False)
+    title = f"{name} with vs without each data slice (trials differ in other parameters too)"
+    ax.set_title(title, fontsize=9)
+    pfig.update_layout(title=title, yaxis_title=name, showlegend=False)
     return fig, pfig
 
 

@@ -167,6 +167,9 @@ def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict]
         + ", ".join(f"<b>{html.escape(n)}</b> ({d})" for n, d in zip(names, spec.search.directions, strict=True))
         + f" · {len(study.trials)} trials · MLflow parent run <code>{parent_id}</code></p>",
     ]
+    from afina import findings
+
+    parts.append(findings.html_section(study.user_attrs.get("verdicts")))
     parts.append("<h2>Leaderboard</h2>" + (("<p>★ = on the Pareto front</p>") if len(study.directions) > 1 else ""))
     cols = _columns(board)
     parts.append(table_html(cols, [[r.get(k) for k in cols] for r in board]))

@@ -155,6 +155,15 @@ class Dim(Strict):
         return self
 
 
+class Ablate(Strict):
+    """The controlled ablation at the end of a sweep (`afina ablate` takes the same as options)."""
+
+    seeds: int = Field(3, ge=1)
+    """Paired training seeds per configuration: train.seed, train.seed+1, ... (data.seed stays fixed)."""
+    steps: int | None = Field(None, ge=1)
+    """Training steps of every ablation run; default: the best trial's own max_steps."""
+
+
 class Search(Strict):
     space: dict[str, Dim]
     """Dotted keys: train.<SFTConfig field>, lora.<LoraConfig field>, slices.<name>.include|weight|fraction."""
@@ -174,6 +183,13 @@ class Search(Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     heartbeat: int | None = Field(60, ge=1)
     """Seconds between a worker's heartbeats; a trial silent for 3 beats is failed and retried."""
+    ablate: Ablate | None = None
+    """true or {seeds: k, steps: n}: after the trials, retrain the best configuration with each searched slice toggled."""
+
+    @field_validator("ablate", mode="before")
+    @classmethod
+    def _ablate_flag(cls, v):
+        return {} if v is True else None if v is False else v
 
     @model_validator(mode="before")
     @classmethod

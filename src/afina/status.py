@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from afina import leaderboard, report
+from afina import findings, leaderboard, report
 from afina import study as study_mod
 
 if TYPE_CHECKING:
@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
 
 def run(spec: Spec, console) -> None:
-    console.print(leaderboard.table(study_mod.open(spec)))
+    study = study_mod.open(spec)
+    findings.render(console, study.user_attrs.get("verdicts"))  # "What your data did" comes first
+    console.print(leaderboard.table(study))
     if report.path(spec).is_file():
         console.print(f"Report: {report.path(spec)} (also report.html on the sweep's MLflow run)")

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from afina import audit, baseline, data, distributed, leaderboard, logs, metrics, models, report, schedule, spool, stop, stores, tracking
+from afina import audit, baseline, distributed, leaderboard, logs, models, report, schedule, spool, stop, tracking
 from afina import study as study_mod
 from afina.context import TrialContext
-from afina.errors import RunFailed, UserError
+from afina.errors import RunFailed
+from afina.inputs import validate  # also `sweep.validate` for callers
 
 if TYPE_CHECKING:
     import optuna
@@ -35,52 +36,6 @@ def finished(study: optuna.Study) -> int:
         and t.number not in retried
         and not (t.state.name == "FAIL" and (t.user_attrs.get("interrupted") or t.user_attrs.get("surplus")))
     )
-
-
-def validate(spec: Spec) -> tuple[data.Prepared, Any, list[dict]]:
-    """Everything that can be wrong with the input, checked before anything is written."""
-    tracking.check_url(spec.tracking.mlflow_uri, "mlflow_uri")
-    tracking.check_url(spec.tracking.optuna_storage, "optuna_storage")
-    check_space(spec)  # values every trial would fail on, at the space's edges
-    study_mod.sampler(spec.search), study_mod.pruner(spec.search)  # bad *_args fail here, before the study exists
-    stores.preflight(spec)  # both stores answer and the folders take files, before anything is created
-    prepared = data.prepare(spec, collect=True)  # unmappable rows become check errors, listed together
-    prompts = metrics.prompts(spec)
-    model_dir = models.resolve(spec.model.ref)
-    models.check(model_dir, spec.model.ref, spec.model.trust_remote_code)  # safetensors only, loadable
-    metrics.validate(spec, prompts)  # metric names vs references, objectives, judge
-    prepared.report = audit.run(spec, prepared, models.load_tokenizer(model_dir, spec.model.trust_remote_code))
-    if prepared.report.errors:
-        first = prepared.report.errors[0]
-        raise UserError(
-            f"the data has {len(prepared.report.errors)} errors (first: {first}); run `afina check` on the spec to see them all"
-        )
-    return prepared, model_dir, prompts
-
-
-def check_space(spec: Spec) -> None:
-    """Build the real SFTConfig and LoraConfig at the fixed settings and at each end of every dimension
-    (every categorical choice), after checking the values' types against the config classes."""
-    import warnings
-    from pathlib import Path
-
-    from peft import LoraConfig
-    from trl import SFTConfig
-
-    from afina import space, train
-
-    types = {"train": space.field_types(SFTConfig), "lora": space.field_types(LoraConfig)}
-    scratch = Path(spec.tracking.checkpoint_dir) / "afina-check"  # never created: the configs only name it
-    for where, params in space.points(spec):
-        train_kw, lora_kw, _ = space.apply(spec, params)
-        space.check_values(train_kw, lora_kw if spec.model.method == "lora" else {}, types, where)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                train.configs(spec, train_kw, lora_kw, scratch, 1)
-        except (TypeError, ValueError, KeyError) as e:
-            msg = " ".join(str(e).split())[:300] or type(e).__name__
-            raise UserError(f"{where}: TRL/PEFT refuse these settings ({msg}); fix the train/lora values or the search range") from None
 
 
 def run(spec: Spec, spec_path: str, console, progress: bool = True):
@@ -179,6 +134,10 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
             if remaining > 0:
                 _work(study, objective, after, spec)
         interrupted = stop.STOP.is_set()
+        if not interrupted:
+            from afina import ablation
+
+            ablation.after_sweep(ctx, study, console, spec_path)  # regression; the ablation if search.ablate
     except KeyboardInterrupt:
         interrupted = True
     finally:
