@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from afina import stores, tracking
+from afina import artifacts, stores, story, tracking
 from afina.errors import UserError
 
 REMOTE_ARTIFACTS = ("s3", "gs", "wasbs", "abfss", "hdfs", "sftp", "ftp")
@@ -71,14 +71,77 @@ def run(backend: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000,
     os.execv(cmd[0], cmd)  # become the server: signals reach it directly, nothing is left behind
 
 
-def ui(uri: str, host: str, port: int, artifact_root: str) -> int:
-    """`afina ui`: MLflow's UI on a store that exists (a missing SQLite file is a typo, not a new store)."""
+def ui(uri: str, host: str, port: int, artifact_root: str | None = None, workers: int = 1) -> int:
+    """`afina ui`: MLflow's UI on a store that exists (a missing SQLite file is a typo, not a new store).
+
+    One worker and no job runner by default. The server runs as a child in its own process group;
+    Ctrl-C or SIGTERM to `afina ui` is passed on to that group (MLflow's CLI starts uvicorn as a
+    further child), so nothing is left behind. A local store's `mlflow-artifacts:/` files are served
+    from the `artifacts/` folder beside it (a copied project shows its own); experiments whose files
+    live outside the project are named in a warning. Prints each sweep's runs-table link.
+    """
+    stores.require_mlflow(uri)
+    if workers < 1:
+        raise UserError(f"--workers {workers}: use at least 1")
+    uri = tracking.absolute(uri)
+    path = tracking.sqlite_path(uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port), "--workers", str(workers)]
+    if path is not None:
+        dest = Path(artifact_root).resolve() if artifact_root else artifacts.folder(uri)
+        cmd += ["--serve-artifacts", "--artifacts-destination", dest.as_uri()]
+        for name, loc in artifacts.outside(uri, path.parent.parent):
+            print(
+                f"warning: experiment {name!r} keeps its artifacts in {loc}, outside this project; "
+                "a copy of this project shows (and promote writes) the original's files",
+                file=sys.stderr,
+            )
+    print(f"MLflow UI on http://{host}:{port} (store {tracking.redact(uri)}); Ctrl-C stops it", flush=True)
+    for name, experiment_id in _sweeps(uri):
+        print(f"  {name}: {story.link(experiment_id, host, port)}", flush=True)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: afina submits no server jobs
+    return _serve(cmd, env)
+
+
+def _sweeps(uri: str) -> list[tuple[str, str]]:
+    """(name, id) of the store's experiments that afina set a runs-table view on."""
+    from mlflow import MlflowClient
+
+    try:
+        exps = MlflowClient(tracking_uri=uri).search_experiments()
+    except Exception:  # the server reports an unusable store itself
+        return []
+    return [(e.name, e.experiment_id) for e in exps if story.VIEW_TAG in e.tags]
+
+
+def _serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the server until it exits; SIGINT/SIGTERM go to its process group. 0 when stopped by a signal."""
+    import contextlib
+    import signal
     import subprocess
 
-    stores.require_mlflow(uri)
-    path = tracking.sqlite_path(uri)
-    print(f"MLflow UI on http://{host}:{port} (store {tracking.redact(uri)}); Ctrl-C stops it", flush=True)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    if path is not None:
-        cmd += ["--default-artifact-root", Path(artifact_root).resolve().as_uri()]
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    stopped: list[int] = []
+
+    def forward(signum, frame):
+        stopped.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            code = proc.wait()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        return 0 if stopped else code
+    finally:
+        if proc.poll() is None:  # afina itself failed: take the server down with it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # uvicorn workers the MLflow CLI left behind
+            os.killpg(proc.pid, signal.SIGTERM)

@@ -11,7 +11,21 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from afina import audit, baseline, distributed, leaderboard, logs, models, report, schedule, spool, stop, tracking
+from afina import (
+    audit,
+    baseline,
+    distributed,
+    leaderboard,
+    logs,
+    metrics,
+    models,
+    report,
+    schedule,
+    spool,
+    stop,
+    story,
+    tracking,
+)
 from afina import study as study_mod
 from afina.context import TrialContext
 from afina.inputs import validate  # also `sweep.validate` for callers
@@ -71,9 +85,11 @@ def run(spec: Spec, spec_path: str, console, progress: bool = True):
             | {"rows.eval": len(prepared.eval)},
         )
         audit.log(prepared.report, c, parent_id)  # check/report.json and .md on the parent run
+        story.set_view(c, experiment_id, spec, _generation(spec, prompts))  # the runs table's columns (the printed link)
         _requeue_interrupted(study)
     ctx = TrialContext(spec, prepared, model_dir, study.study_name, spec.search.directions, c, experiment_id, parent_id, prompts)
     baseline.run(ctx, study, console)  # once per study: the base model is every leaderboard's reference
+    ctx.base_answers = report.samples(c, study_mod.baseline(study)[1])  # beside each trial's answers
     done = finished(study)
     remaining = spec.search.n_trials - done
     if remaining <= 0:
@@ -110,6 +126,8 @@ def run(spec: Spec, spec_path: str, console, progress: bool = True):
             bar.console.print(f"trial {frozen.number} {frozen.state.name.lower()}: {why}".rstrip(": "))
         bar.update(trials_task, completed=finished(study), description=f"trials · best {_best_text(study)}")
         _log_best(c, parent_id, study)
+        story.retell(c, study, spec, experiment_id, parent_id, spec_path, trials=False)
+        story.tell_trial(c, study, frozen, experiment_id)  # pruned or failed: why; all ranks are retold at the end
         if frozen.state.name == "COMPLETE":
             report.refresh_quietly(spec, study, c, parent_id, bar.console, force=False)  # plots + report on the parent run
         if finished(study) >= spec.search.n_trials:
@@ -137,6 +155,7 @@ def run(spec: Spec, spec_path: str, console, progress: bool = True):
             console.print(
                 f"[yellow]warning:[/] {kept} MLflow records are kept in {c.folder}; run `afina sync {spec_path}` when the server is back"
             )
+    story.retell(c, study, spec, experiment_id, parent_id, spec_path)  # final ranks in every trial's description
     console.print(leaderboard.table(study))
     if report.refresh_quietly(spec, study, c, parent_id, console):
         console.print(f"Report: {report.path(spec)}")
@@ -148,8 +167,14 @@ def run(spec: Spec, spec_path: str, console, progress: bool = True):
     if interrupted:
         console.print(f"Interrupted. Run `afina sweep {spec_path}` again to resume.")
         raise KeyboardInterrupt
-    console.print(f"Open the runs: [bold]{ui}[/] (then http://127.0.0.1:5000)")
+    console.print(f"Open the runs: [bold]{ui}[/], then {story.link(experiment_id)}", soft_wrap=True)
     return study
+
+
+def _generation(spec: Spec, prompts: list[dict]) -> list[str]:
+    """Names of the generation metrics a trial reports (the runs table shows them)."""
+    names = [m.name for m in metrics.for_spec(spec, prompts)] if prompts else []
+    return names + (["judge"] if spec.evaluate.judge else []) + list(spec.evaluate.combine)
 
 
 def _follow(ctx: TrialContext) -> None:
