@@ -69,6 +69,12 @@ def test_pareto_plots_leaderboard_report_and_compare(swept, cli, project):
         for o in outputs[t.number]:
             assert html.escape(o) in page, (t.number, o)
     assert "Data check" in page and "rows.poesia" in page
+    # plots captioned by what they show; the check report rendered (a table), not raw markdown
+    assert "<figcaption>Optimisation history: chrf of each trial, and the best so far</figcaption>" in page
+    assert "<figcaption>Pareto front of the objectives</figcaption>" in page and "<figcaption>pareto</figcaption>" not in page
+    check = page[page.index("<summary>check report</summary>") :]
+    assert "<h1>afina check:" in check and "<th>slice</th>" in check and "|---|" not in check
+    assert "No <code>@champion</code> yet" in page  # nothing promoted yet
 
     # compare: register trial 0 as @champion, and add a prompt no run has answered (generated from checkpoints)
     best_run = study.trials[0].user_attrs["mlflow_run_id"]

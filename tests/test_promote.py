@@ -64,15 +64,21 @@ def test_promote_gate_aliases_rollback_pyfunc(project, cli):
     assert "answer_nll" in out and "no @champion yet" in out
     mv = c.get_model_version_by_alias("tiny", "champion")
     t = mv.tags
-    assert int(mv.version) == 1 and mv.run_id == good.user_attrs["mlflow_run_id"]
-    assert t["afina.study"] == "tiny" and t["afina.trial"] == str(good.number) and t["afina.run_id"] == mv.run_id
+    # logged from the promotion run (its page lists the version); the lineage leads back to the trial
+    promo = c.get_run(mv.run_id)
+    assert int(mv.version) == 1 and promo.data.tags["afina.role"] == "promotion" and promo.data.tags["afina.version"] == "1"
+    assert t["afina.study"] == "tiny" and t["afina.trial"] == str(good.number) and t["afina.run_id"] == good.user_attrs["mlflow_run_id"]
     assert float(t["afina.objective.eval_loss"]) == pytest.approx(good.value, rel=1e-5)
-    assert float(t["param.train.learning_rate"]) == HIGH and json.loads(t["afina.params"]) == good.params
+    assert not [k for k in t if not k.startswith("afina.")] and json.loads(t["afina.params"]) == good.params  # no param copies
+    assert mv.description.startswith("**Gate: promoted**") and f"trial {good.number}" in mv.description
+    assert "@champion" in c.get_registered_model("tiny").description
+    assert "no champion yet (first promotion)" in promo.data.tags["mlflow.note.content"]
+    assert "models:/tiny@champion</code> is version 1" in (project / "mlruns" / "reports" / "tiny.html").read_text(encoding="utf-8")
     assert t["afina.data_fingerprint"] == good.user_attrs["data_fingerprint"]
     assert set(json.loads(t["afina.slices"])) == {"faq", "productos", "poesia"}
     assert t["afina.base_model"] == "tiny-random"
     assert t["afina.base_sha256"] == models.fingerprint(models.resolve("tiny-random"))
-    assert t["afina.format"] == "adapter" and t["afina.gate.decision"] == "promoted" and t["afina.gate.champion_score"] == ""
+    assert t["afina.format"] == "adapter" and t["afina.gate.decision"] == "promoted" and t["afina.gate.champion_score"] == "none"
 
     # A worse candidate is refused: exit 1, registry unchanged, the comparison still logged.
     code, out, _ = cli("promote", path, "--trial", bad.number)
@@ -160,7 +166,13 @@ def test_merge_export_generate_serve(project, cli):
     assert code == 0, err
     assert [json.loads(line)["output"] for line in out.strip().splitlines()] == want
 
-    # `mlflow models serve` on the champion, on a free loopback port.
+    # `mlflow models serve` on the champion, on a free loopback port. Plain MLflow finds the model's files
+    # beside the SQLite store (`mlflow-artifacts:/`) through afina's entry point, installed with afina.
+    from importlib.metadata import entry_points
+
+    assert any(e.value == "afina.artifacts:repository" for e in entry_points(group="mlflow.artifact_repository")), (
+        "afina's mlflow.artifact_repository entry point is not installed; run `pip install -e .` again"
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

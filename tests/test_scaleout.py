@@ -92,7 +92,7 @@ def test_four_workers_share_one_study(stack, tmp_path):
     for t in done:
         r = by_id[t.user_attrs["mlflow_run_id"]]
         assert r.info.status == "FINISHED" and r.data.tags["afina.state"] == "COMPLETE"
-        assert float(r.data.params["param.train.learning_rate"]) == pytest.approx(t.params["train.learning_rate"])
+        assert float(r.data.params["train.learning_rate"]) == pytest.approx(t.params["train.learning_rate"])
         assert "best_eval_loss" in r.data.metrics
     assert not [r for r in children if r.info.status == "RUNNING"]
     _, parents = runs(stack, "scale", "sweep")

@@ -36,7 +36,10 @@ def test_fixed_trial_runs_as_a_child_run_with_its_role(project):
     assert run.info.run_name == "refit-7" and run.info.status == "FINISHED"
     assert run.data.tags["afina.role"] == "refit" and run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.tags["afina.study"] == "tiny" and run.data.tags["afina.state"] == "COMPLETE"
-    assert run.data.params["param.slices.poesia.include"] == "false"
+    assert (
+        run.data.params["slices.poesia.include"] == "false"
+        and run.data.tags["afina.searched"] == "train.learning_rate, slices.poesia.include"
+    )
     assert run.data.metrics["best_eval_loss"] == value
     table = json.loads((project / c.download_artifacts(run.info.run_id, "samples.json", str(project))).read_text())
     assert [r[table["columns"].index("prompt")] for r in table["data"]] == [p["prompt"] for p in prompts]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -105,6 +107,17 @@ def test_sweep_parent_and_children(swept):
     assert parent.data.tags["afina.best_trial"] == str(s.best_trial.number)
     assert parent.data.tags["afina.best_run_id"] == children[s.best_trial.number].info.run_id
     assert "tiny · 3 trials" in out and "afina ui" in out
+    exp = parent.info.experiment_id
+    assert f"#/experiments/{exp}/runs?workflowType=machine_learning&viewStateShareKey=afina" in out.replace("\n", "")
+    # the runs table's view: the objective's column, then the searched params (MLflow's shared-view tag)
+    view = json.loads(client(folder).get_experiment(exp).tags["mlflow.sharedViewState.afina"])
+    assert view["selectedColumns"][0] == "metrics.`best_eval_loss`" and "params.`slices.poesia.include`" in view["selectedColumns"]
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith(
+        f"**Winner: [trial {s.best_trial.number}](#/experiments/{exp}/runs/{children[s.best_trial.number].info.run_id})**"
+    )
+    assert "3 trials: 3 complete, 0 pruned, 0 failed" in note and "**Data:**" in note
+    assert parent.data.metrics["trials_complete"] == 3 and parent.data.metrics["best_eval_loss"] == pytest.approx(s.best_value)
     assert not scratch_left(folder)
 
 
@@ -117,8 +130,14 @@ def test_sweep_trials_carry_run_ids(swept):
         run = children[t.number]
         assert t.user_attrs["mlflow_run_id"] == run.info.run_id
         assert t.user_attrs["data_fingerprint"] == run.data.params["data.fingerprint"]
-        assert float(run.data.params["param.train.learning_rate"]) == pytest.approx(t.params["train.learning_rate"])
+        # each resolved field once; the searched ones are named by a tag and the description
+        assert float(run.data.params["train.learning_rate"]) == pytest.approx(t.params["train.learning_rate"])
+        assert not [k for k in run.data.params if k.startswith("param.")]
+        assert run.data.tags["afina.searched"] == "train.learning_rate, slices.poesia.include"
+        note = run.data.tags["mlflow.note.content"]
+        assert f"**trial {t.number}** · COMPLETE · rank " in note and "`train.learning_rate` = " in note and "Result: " in note
         assert run.data.params["slices.poesia.include"] == json.dumps(t.params["slices.poesia.include"])
+        assert not {"epoch", "eval_runtime", "num_input_tokens_seen"} & set(run.data.metrics)  # Trainer's counters stay out
         assert run.data.metrics["best_eval_loss"] == pytest.approx(t.value)
 
 
@@ -173,10 +192,11 @@ def test_sweep_samples_table(swept, tmp_path):
     folder, _ = swept
     c = client(folder)
     _, children = runs(folder)
+    base = samples(c, study(folder).user_attrs["baseline_run_id"], tmp_path / "base")
     for n, run in children.items():
         table = samples(c, run.info.run_id, tmp_path / str(n))
-        assert {"trial", "prompt", "reference", "output"} <= set(table)
-        assert table["trial"] == (n, n)
+        assert list(table)[:4] == ["prompt", "reference", "base", "output"]  # the Evaluation view groups by the first
+        assert table["base"] == base["output"]  # the base model's answers, from the baseline run
         assert table["prompt"] == ("Describe una camiseta básica blanca", "¿Puedo devolver un pedido?")
         assert table["reference"] == ("Una camiseta.", "")
         assert all(isinstance(o, str) and o.strip() for o in table["output"]), table["output"]
@@ -258,10 +278,14 @@ def test_ui_serves_the_store(swept):
             f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny", timeout=10
         ) as r:
             assert json.load(r)["experiment"]["name"] == "tiny"
+        # SIGTERM to `afina ui` alone reaches the server it started: it stops, and nothing keeps the port
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        printed = proc.stdout.read().decode(errors="replace")
+        assert f"tiny: http://127.0.0.1:{port}/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=afina" in printed
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
     finally:
-        import os
-        import signal
-
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)  # mlflow ui runs a server child process
         try:
@@ -301,6 +325,8 @@ def test_planted_pruning(project, cli):
     assert run.data.tags["afina.state"] == "PRUNED"
     assert run.data.tags["afina.reason"].startswith("pruned at step 2")
     assert run.info.run_id == pruned.user_attrs["mlflow_run_id"]
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("**trial 2** · PRUNED") and "Stopped: pruned at step 2" in note
     assert client(project).get_metric_history(run.info.run_id, "loss")[-1].step == 2
     assert not scratch_left(project)
     assert "trial 2 pruned: pruned at step 2" in out

@@ -19,18 +19,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from afina import findings, tracking, verdicts
+from afina import findings, story, tracking, verdicts
 from afina.errors import UserError
 
 if TYPE_CHECKING:
     from afina.context import TrialContext
 
 SKIP = ("train_loss", "train_runtime", "train_tokens")  # not comparable across mixtures, or not a quality
-HEADER = "### What your data did"
 
 
 @dataclass
@@ -226,10 +224,8 @@ def record(spec, study, c, parent_id: str | None, summary: dict) -> dict:
         cols = list(dict.fromkeys(k for r in rows for k in r))
         c.log_dict(parent_id, {"columns": cols, "data": [[r.get(k) for k in cols] for r in rows]}, "verdicts.json")
     c.log_dict(parent_id, json.loads(json.dumps(summary, default=str)), "verdicts-summary.json")
-    note = c.get_run(parent_id).data.tags.get("mlflow.note.content") or spec.description or f"afina sweep of {spec.name}"
-    note = re.sub(rf"\s*{re.escape(HEADER)}\n.*?(?=\n### |\Z)", "", note, flags=re.S).rstrip()  # ours only: others' sections stay
-    section = "\n".join(f"- {line.strip()}" for line in findings.lines(summary))
-    c.set_tag(parent_id, "mlflow.note.content", f"{note}\n\n{HEADER}\n{section}" if section else note)
+    # the sweep's description is written in one place, which reads the verdicts from the study
+    story.retell(c, study, spec, c.get_run(parent_id).info.experiment_id, parent_id, summary.get("spec_path") or "SPEC", trials=False)
     return summary
 
 

@@ -39,6 +39,8 @@ def run(ctx: TrialContext, study: optuna.Study, console=None) -> dict | None:
             f"{tracking.TAG}study": ctx.study_name,
             f"{tracking.TAG}state": "RUNNING",
             "mlflow.note.content": "The untouched base model on the same eval set and prompts as every trial.",
+            # an evaluation run: MLflow's runs table opens its parent (the sweep) expanded, showing the trials
+            "mlflow.runType": "evaluation",
         },
     ).info.run_id
     try:
@@ -52,10 +54,10 @@ def run(ctx: TrialContext, study: optuna.Study, console=None) -> dict | None:
             results |= scores
             c.log_table(  # through the outage-safe client, like every write
                 run_id,
-                {
-                    "trial": ["base"] * len(prompts),
+                {  # the trials' columns (prompt first: the Evaluation view groups by it); here base and output agree
                     "prompt": [p["prompt"] for p in prompts],
                     "reference": [p.get("reference") or "" for p in prompts],
+                    "base": outputs,
                     "output": outputs,
                     **columns,
                 },
@@ -67,7 +69,8 @@ def run(ctx: TrialContext, study: optuna.Study, console=None) -> dict | None:
             except ValueError:
                 pass
         tracking.log_params(c, run_id, {"model.ref": spec.model.ref, "rows.eval": len(prepared.eval)})
-        tracking.log_metrics(c, run_id, results, 0, synchronous=True)
+        tracking.log_metrics(c, run_id, {**results, "best_eval_loss": results["eval_loss"]}, 0, synchronous=True)  # the trials' column
+        tracking.log_datasets(c, run_id, spec, prepared)
     except Exception as e:
         c.log_text(run_id, traceback.format_exc(), "error.txt")
         tracking.finish(c, run_id, "FAIL", f"{type(e).__name__}: {e}")

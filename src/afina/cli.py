@@ -120,12 +120,15 @@ def ui(
     port: Annotated[int, typer.Option(help="Port to listen on")] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless a proxy guards it")] = "127.0.0.1",
     tracking_uri: TrackingOpt = None,
-    artifact_root: Annotated[str, typer.Option(help="Artifact folder of a local store")] = ARTIFACT_ROOT,
+    artifact_root: Annotated[
+        str | None, typer.Option(help=f"Artifact folder of a local store (default: artifacts/ beside it, {ARTIFACT_ROOT})")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Server worker processes")] = 1,
 ):
-    """Open the MLflow UI on the project's store (mlruns/)."""
+    """Open the MLflow UI on the project's store (mlruns/) and print each sweep's runs-table link."""
     from afina import server as server_mod
 
-    raise typer.Exit(server_mod.ui(_tracking_uri(tracking_uri), host, port, artifact_root))
+    raise typer.Exit(server_mod.ui(_tracking_uri(tracking_uri), host, port, artifact_root, workers))
 
 
 ModelUriArg = Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder")]

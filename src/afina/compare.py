@@ -30,8 +30,9 @@ def contenders(spec: Spec, study: optuna.Study, c, top: int) -> list[tuple[str, 
     out += [(f"trial {r['number']}", r["run_id"]) for r in done[:top]]
     try:
         mv = c.get_model_version_by_alias(spec.model_name, spec.promote.alias)
-        if mv.run_id:
-            out.append((f"@{spec.promote.alias} v{mv.version}", mv.run_id))
+        trained = mv.tags.get("afina.run_id") or mv.run_id  # the trial's run (the model is logged from the promotion run)
+        if trained:
+            out.append((f"@{spec.promote.alias} v{mv.version}", trained))
     except Exception:  # nothing registered yet
         pass
     return out

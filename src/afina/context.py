@@ -26,6 +26,7 @@ class TrialContext:
     experiment_id: str = ""
     parent_id: str = ""  # the sweep's MLflow run: every trial run is its child
     prompts: list[dict] = field(default_factory=list)  # evaluation prompts ({prompt, reference})
+    base_answers: dict[str, str] = field(default_factory=dict)  # the base model's answer per prompt (the baseline run's)
     lead: bool = True  # False on follower ranks: no logging, decisions come from rank 0
     reuse: bool = True  # False: load the model and tokenize from scratch each trial (benchmarks)
     model_print: str | None = None  # fingerprint of model_dir, computed by the first trial that needs it

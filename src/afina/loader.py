@@ -106,6 +106,9 @@ def fetched(uri: str, tracking_uri: str | None = None) -> Iterator[Path]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from afina import artifacts
+
+    artifacts.register()  # a relocatable store's `mlflow-artifacts:/` files live beside it
     if tracking_uri:
         stores.require_mlflow(tracking_uri)
         mlflow.set_tracking_uri(tracking.absolute(tracking_uri))

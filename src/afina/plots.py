@@ -8,6 +8,7 @@ cannot support yet (one trial, no variation) is skipped, never an error.
 
 from __future__ import annotations
 
+import html
 import math
 import warnings
 from collections.abc import Callable
@@ -49,7 +50,7 @@ def render(study: optuna.Study, folder: Path) -> list[Path]:
 
         plt.close("all")
     if figures:
-        written.append(_interactive(figures, folder / "interactive.html", study.study_name))
+        written.append(_interactive(figures, folder / "interactive.html", study.study_name, names))
     return written
 
 
@@ -72,6 +73,22 @@ def _plots(study, names: list[str], done) -> list[tuple[str, Callable]]:
     if multi and len(names) in (2, 3):
         out.append(("pareto", _both(pm.plot_pareto_front, pv.plot_pareto_front, study, target_names=names)))
     return out
+
+
+TITLES = {
+    "history": "Optimisation history: {name} of each trial, and the best so far",
+    "importances": "Which searched parameters (data slices included) mattered for {name}",
+    "parallel": "Parallel coordinates: each trial's picks and its {name}",
+    "slices": "{name} with vs without each data slice",
+    "pareto": "Pareto front of the objectives",
+}
+
+
+def caption(stem: str, names: list[str]) -> str:
+    """A plot's title from its file name (`history`, or `history-<objective>` in a multi-objective study)."""
+    kind, _, suffix = stem.partition("-")
+    name = next((n for n in names if _safe(n) == suffix), suffix) if suffix else (names[0] if names else "the objective")
+    return TITLES.get(kind, stem).format(name=name)
 
 
 def _value(i: int) -> Callable:
@@ -122,10 +139,12 @@ def slice_effect(done, index: int, name: str):
     return fig, pfig
 
 
-def _interactive(figures: list[tuple[str, Any]], path: Path, title: str) -> Path:
+def _interactive(figures: list[tuple[str, Any]], path: Path, title: str, names: list[str]) -> Path:
     from plotly.offline import get_plotlyjs
 
-    parts = [f"<h2>{name}</h2>" + fig.to_html(full_html=False, include_plotlyjs=False) for name, fig in figures]
+    parts = [
+        f"<h2>{html.escape(caption(name, names))}</h2>" + fig.to_html(full_html=False, include_plotlyjs=False) for name, fig in figures
+    ]
     # plotly.js inlined (not a CDN link): afina works offline and the MLflow UI shows it as is.
     path.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title} · afina plots</title>"

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from afina import data, gate, loader, logs, models, pyfunc, registry, spool, tracking
+from afina import data, gate, loader, logs, models, pyfunc, registry, spool, story, tracking
 from afina import study as study_mod
 from afina.errors import UserError
 
@@ -115,28 +115,54 @@ def run(spec: Spec, console, number: int | None = None, force: bool = False, mer
         better = champ is None or sign * (champ - cand) > max(spec.promote.margin, NOISE)
         decision = "promoted" if better else "forced" if force else "refused"
         _report(console, trial, cand, champ, champion, alias, set_print, len(rows), spec.promote.margin, decision)
-        gate_tags = {
+        gate_tags = {  # the decision first: the order MLflow is given them
+            "afina.gate.decision": decision,
             "afina.gate.metric": gate.METRIC,
             "afina.gate.score": f"{cand:.6g}",
+            "afina.gate.champion_score": "none" if champ is None else f"{champ:.6g}",
             "afina.gate.set_fingerprint": set_print,
-            "afina.gate.champion_score": "" if champ is None else f"{champ:.6g}",
-            "afina.gate.decision": decision,
         }
-        promo_id = _log_promotion(c, source.info.experiment_id, spec, trial, run_id, champion, gate_tags, cand, champ, len(rows))
+        exp_id = source.info.experiment_id
+        promo_id = _log_promotion(c, exp_id, spec, trial, run_id, champion, gate_tags, cand, champ, len(rows))
+        tracking.copy_table(c, run_id, promo_id, "samples.json")  # the candidate's answers, in the Evaluation view
         if decision == "refused":
             return False
-        info = pyfunc.log(cand_dir, run_id, source.info.experiment_id)
+        # The model is logged from the promotion run, so its page lists the registered version;
+        # afina.run_id and the description lead back to the trial that trained it.
+        info = pyfunc.log(cand_dir, promo_id, exp_id)
         meta = loader.read_meta(cand_dir)
-        tags = {**_lineage(study, trial, source, meta), **gate_tags, "afina.promotion_run": promo_id}
+        tags = {**gate_tags, **_lineage(study, trial, source, meta), "afina.promotion_run": promo_id}
         version = mlflow.register_model(info.model_uri, name, tags=tags)
+    c.update_registered_model(name, description=story.model_note(name, study.study_name, alias))
+    c.update_model_version(
+        name,
+        version.version,
+        description=story.version_note(name, version.version, meta, trial.number, study.study_name, exp_id, run_id, gate_tags, promo_id),
+    )
     if champion is not None:
         c.set_registered_model_alias(name, registry.previous_alias(alias), champion.version)
     c.set_registered_model_alias(name, alias, version.version)  # one update: @champion is never missing
     c.set_tag(promo_id, "afina.version", str(version.version))
+    c.set_tag(
+        promo_id,
+        story.NOTE,
+        story.promotion_note(gate_tags, len(rows), trial.number, exp_id, run_id, champion)
+        + f"\n\nRegistered as `{name}` v{version.version} @{alias}.",
+    )
     c.set_tag(run_id, "afina.registered", f"{name}/{version.version}")
+    _rereport(spec, study, c, console)
     moved = f"; @{registry.previous_alias(alias)} → v{champion.version}" if champion is not None else ""
     console.print(f"{name} v{version.version} ({meta['format']}) is now @{alias}{moved}  ·  models:/{name}@{alias}")
     return True
+
+
+def _rereport(spec: Spec, study: optuna.Study, c, console) -> None:
+    """The sweep report names the new @champion (re-rendered; a plotting problem is only printed)."""
+    from afina import report
+
+    parent_id = study_mod.parent_id(study)
+    if parent_id:
+        report.refresh_quietly(spec, study, c, parent_id, console)
 
 
 def package(ckpt: Path, out: Path, spec: Spec, merge: bool) -> Path:
@@ -164,8 +190,8 @@ def package(ckpt: Path, out: Path, spec: Spec, merge: bool) -> Path:
 
 def _lineage(study: optuna.Study, trial, source, meta: dict) -> dict[str, str]:
     objectives = study_mod.objectives(study)
-    tags = dict(source.data.params)  # train.*, lora.*, slices.*, rows.*, data.*, model.*
-    tags |= {f"afina.objective.{o}": f"{v:.6g}" for o, v in zip(objectives, trial.values, strict=False)}
+    # The run keeps every param; the version carries what identifies it (the picks are in afina.params).
+    tags = {f"afina.objective.{o}": f"{v:.6g}" for o, v in zip(objectives, trial.values, strict=False)}
     tags |= {
         "afina.study": study.study_name,
         "afina.trial": str(trial.number),
@@ -200,7 +226,8 @@ def _log_promotion(
             "afina.candidate_run_id": run_id,
             "afina.model_name": spec.model_name,
             **gate_tags,
-            "afina.champion_version": "" if champion is None else str(champion.version),
+            "afina.champion_version": "none" if champion is None else str(champion.version),
+            story.NOTE: story.promotion_note(gate_tags, n_rows, trial.number, experiment_id, run_id, champion),
         },
     )
     rid = run.info.run_id
@@ -213,7 +240,7 @@ def _log_promotion(
             "rows": n_rows,
             "margin": spec.promote.margin,
             "candidate_trial": trial.number,
-            "champion_version": "" if champion is None else champion.version,
+            "champion_version": "none" if champion is None else champion.version,
         },
     )
     tracking.log_metrics(c, rid, {"candidate_score": cand, **({"champion_score": champ} if champ is not None else {})}, 0, synchronous=True)

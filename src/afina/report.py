@@ -49,6 +49,9 @@ def refresh(spec: Spec, study: optuna.Study, c, parent_id: str) -> Path:
         board = leaderboard(study)
         (Path(tmp) / "leaderboard.csv").write_text(_csv(board), encoding="utf-8")
         c.log_artifact(parent_id, str(Path(tmp) / "leaderboard.csv"))
+        winner = next((r for r in board if r["trial"] != "base" and r["state"].startswith("COMPLETE") and r["run_id"]), None)
+        if winner:  # the Evaluation view's column for the sweep: its winner's answers
+            tracking.copy_table(c, winner["run_id"], parent_id, "samples.json")
         out = path(spec)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(render(spec, study, c, parent_id, board, [p for p in pics if p.suffix == ".png"]), encoding="utf-8")
@@ -177,8 +180,8 @@ def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict]
         parts.append(
             "<h2>Plots</h2><div class='pics'>"
             + "".join(
-                f"<figure><img alt='{p.stem}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
-                f"<figcaption>{p.stem}</figcaption></figure>"
+                f"<figure><img alt='{html.escape(plots.caption(p.stem, names))}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+                f"<figcaption>{html.escape(plots.caption(p.stem, names))}</figcaption></figure>"
                 for p in pngs
             )
             + "</div>"
@@ -205,6 +208,7 @@ def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict]
             )
         )
         parts.append("</details>")
+    parts.append(_registry_section(spec, c))
     parts.append(_data_section(c, parent_id))
     parts.append("</body></html>")
     return "".join(parts)
@@ -221,7 +225,32 @@ def _data_section(c, parent_id: str) -> str:
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 md = Path(c.download_artifacts(parent_id, "check/report.md", tmp)).read_text(encoding="utf-8")
-            out += f"<details><summary>check report</summary><pre>{html.escape(md[:20000])}</pre></details>"
+            out += f"<details><summary>check report</summary>{markdown(md[:20000])}</details>"
         except Exception:
             pass
     return out
+
+
+def markdown(text: str) -> str:
+    """Markdown (headings, lists, tables) as HTML; raw HTML in it is escaped."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+
+
+def _registry_section(spec, c) -> str:
+    """Which version holds the promotion alias, once `afina promote` moved it."""
+    try:
+        mv = c.get_model_version_by_alias(spec.model_name, spec.promote.alias)
+    except Exception:  # nothing registered yet
+        return (
+            f"<h2>Registry</h2><p>No <code>@{html.escape(spec.promote.alias)}</code> yet: "
+            "<code>afina promote</code> registers the best trial if it beats the champion.</p>"
+        )
+    trial = mv.tags.get("afina.trial", "?")
+    return (
+        f"<h2>Registry</h2><p><code>models:/{html.escape(spec.model_name)}@{html.escape(spec.promote.alias)}</code> is "
+        f"version {mv.version} (trial {html.escape(trial)}, gate {html.escape(mv.tags.get('afina.gate.decision', '?'))}: "
+        f"{html.escape(mv.tags.get('afina.gate.metric', ''))} {html.escape(mv.tags.get('afina.gate.score', ''))} vs champion "
+        f"{html.escape(mv.tags.get('afina.gate.champion_score', 'none'))}).</p>"
+    )

@@ -13,20 +13,17 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from afina import stores, tracking
+from afina import artifacts, stores, story, tracking
 from afina.errors import UserError
 
 REMOTE_ARTIFACTS = ("s3", "gs", "wasbs", "abfss", "hdfs", "sftp", "ftp")
 
 
-def command(artifacts: str | None, host: str, port: int, workers: int | None, auth: bool, ui: bool = False) -> list[str]:
+def command(dest: str, host: str, port: int, workers: int, auth: bool) -> list[str]:
     """The `mlflow server` command line. The backend store URI is not on it: it may hold a password, and
     any user on the machine can read a process's arguments (`ps`). It goes in MLFLOW_BACKEND_STORE_URI."""
-    cmd = [sys.executable, "-m", "mlflow", "ui" if ui else "server", "--host", host, "--port", str(port)]
-    if artifacts is not None:
-        cmd += ["--default-artifact-root", artifacts] if ui else ["--serve-artifacts", "--artifacts-destination", artifacts]
-    if workers:
-        cmd += ["--workers", str(workers)]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", str(workers)]
+    cmd += ["--serve-artifacts", "--artifacts-destination", dest]
     return cmd + (["--app-name", "basic-auth"] if auth else [])
 
 
@@ -54,55 +51,6 @@ def check_port(host: str, port: int) -> None:
             raise UserError(
                 f"port {port} on {host} {why}; pass another --port (e.g. --port {port + 1 if port < 65535 else 5000})"
             ) from None
-
-
-def ui(uri: str, host: str, port: int, artifact_root: str) -> int:
-    """`afina ui`: check the store and the port, then run `mlflow ui` as a child that stops when afina does."""
-    if uri.startswith(("http://", "https://")):
-        raise UserError(f"--tracking-uri {tracking.redact(uri)} is already a server: open it in a browser")
-    stores.require_mlflow(uri)  # a missing SQLite file is a typo, a dead database one line
-    path = tracking.sqlite_path(uri)
-    check_port(host, port)
-    print(f"MLflow UI on http://{host}:{port} (store {tracking.redact(uri)}); Ctrl-C stops it", flush=True)
-    cmd = command(Path(artifact_root).resolve().as_uri() if path is not None else None, host, port, None, False, ui=True)
-    return supervise(cmd, environment(uri))
-
-
-def supervise(cmd: list[str], env: dict[str, str]) -> int:
-    """Run a server in its own process group and pass SIGINT/SIGTERM/SIGHUP on to the whole group
-    (mlflow starts uvicorn or gunicorn workers), so stopping afina never leaves a server running."""
-    import signal
-    import subprocess
-
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    got: list[int] = []
-
-    def forward(signum, frame):
-        got.append(signum)
-        try:
-            os.killpg(proc.pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
-        except ProcessLookupError:
-            pass
-
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = {s: signal.signal(s, forward) for s in sigs}
-    try:
-        while True:
-            try:
-                code = proc.wait(timeout=10 if got else None)
-                break
-            except subprocess.TimeoutExpired:  # it ignored the signal: stop it for good
-                os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # workers left behind by a server that exited
-        except ProcessLookupError:
-            pass
-    if got:  # stopped on request
-        return 130 if got[0] == signal.SIGINT else 0
-    return code
 
 
 def run(backend: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 4, auth: bool = False) -> None:
@@ -137,3 +85,85 @@ def run(backend: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000,
     cmd = command(dest, host, port, workers, auth)
     # become the server: signals reach it directly, nothing is left behind; the URI travels in the environment
     os.execve(cmd[0], cmd, environment(backend))
+    cmd = command(backend, dest, host, port, workers, auth)
+    os.execv(cmd[0], cmd)  # become the server: signals reach it directly, nothing is left behind
+
+
+def ui(uri: str, host: str, port: int, artifact_root: str | None = None, workers: int = 1) -> int:
+    """`afina ui`: MLflow's UI on a store that exists (a missing SQLite file is a typo, not a new store).
+
+    One worker and no job runner by default. The server runs as a child in its own process group;
+    Ctrl-C or SIGTERM to `afina ui` is passed on to that group (MLflow's CLI starts uvicorn as a
+    further child), so nothing is left behind. A local store's `mlflow-artifacts:/` files are served
+    from the `artifacts/` folder beside it (a copied project shows its own); experiments whose files
+    live outside the project are named in a warning. Prints each sweep's runs-table link.
+    """
+    if uri.startswith(("http://", "https://")):
+        raise UserError(f"--tracking-uri {tracking.redact(uri)} is already a server: open it in a browser")
+    stores.require_mlflow(uri)  # a missing SQLite file is a typo, a dead database one line
+    if workers < 1:
+        raise UserError(f"--workers {workers}: use at least 1")
+    check_port(host, port)  # in use, impossible or unknown host: one line, before MLflow starts
+    uri = tracking.absolute(uri)
+    path = tracking.sqlite_path(uri)
+    # the store URI (it may hold a password) goes in the environment, never on the command line (`ps`)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port), "--workers", str(workers)]
+    if path is not None:
+        dest = Path(artifact_root).resolve() if artifact_root else artifacts.folder(uri)
+        cmd += ["--serve-artifacts", "--artifacts-destination", dest.as_uri()]
+        for name, loc in artifacts.outside(uri, path.parent.parent):
+            print(
+                f"warning: experiment {name!r} keeps its artifacts in {loc}, outside this project; "
+                "a copy of this project shows (and promote writes) the original's files",
+                file=sys.stderr,
+            )
+    print(f"MLflow UI on http://{host}:{port} (store {tracking.redact(uri)}); Ctrl-C stops it", flush=True)
+    for name, experiment_id in _sweeps(uri):
+        print(f"  {name}: {story.link(experiment_id, host, port)}", flush=True)
+    env = {**environment(uri), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: afina submits no server jobs
+    return _serve(cmd, env)
+
+
+def _sweeps(uri: str) -> list[tuple[str, str]]:
+    """(name, id) of the store's experiments that afina set a runs-table view on."""
+    from mlflow import MlflowClient
+
+    try:
+        exps = MlflowClient(tracking_uri=uri).search_experiments()
+    except Exception:  # the server reports an unusable store itself
+        return []
+    return [(e.name, e.experiment_id) for e in exps if story.VIEW_TAG in e.tags]
+
+
+def _serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the server until it exits; SIGINT/SIGTERM go to its process group. 0 when stopped by a signal."""
+    import contextlib
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    stopped: list[int] = []
+
+    def forward(signum, frame):
+        stopped.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            code = proc.wait()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        return 0 if stopped else code
+    finally:
+        if proc.poll() is None:  # afina itself failed: take the server down with it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # uvicorn workers the MLflow CLI left behind
+            os.killpg(proc.pid, signal.SIGTERM)

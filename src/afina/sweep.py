@@ -11,7 +11,21 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from afina import audit, baseline, distributed, leaderboard, logs, models, report, schedule, spool, stop, tracking
+from afina import (
+    audit,
+    baseline,
+    distributed,
+    leaderboard,
+    logs,
+    metrics,
+    models,
+    report,
+    schedule,
+    spool,
+    stop,
+    story,
+    tracking,
+)
 from afina import study as study_mod
 from afina.context import TrialContext
 from afina.errors import RunFailed
@@ -81,11 +95,13 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
             | {"rows.eval": len(prepared.eval)},
         )
         audit.log(prepared.report, c, parent_id)  # check/report.json and .md on the parent run
+        story.set_view(c, experiment_id, spec, _generation(spec, prompts))  # the runs table's columns (the printed link)
         _requeue_interrupted(study)
     ctx = TrialContext(spec, prepared, model_dir, study.study_name, spec.search.directions, c, experiment_id, parent_id, prompts)
     stop.check_stop()
     baseline.run(ctx, study, console)  # once per study: the base model is every leaderboard's reference
     stop.check_stop()
+    ctx.base_answers = report.samples(c, study_mod.baseline(study)[1])  # beside each trial's answers
     done = finished(study)
     remaining = spec.search.n_trials - done
     if remaining <= 0:
@@ -122,6 +138,8 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
             bar.console.print(tracking.redact(f"trial {frozen.number} {frozen.state.name.lower()}: {why}".rstrip(": ")), markup=False)
         bar.update(trials_task, completed=finished(study), description=f"trials · best {_best_text(study)}")
         _log_best(c, parent_id, study)
+        story.retell(c, study, spec, experiment_id, parent_id, spec_path, trials=False)
+        story.tell_trial(c, study, frozen, experiment_id)  # pruned or failed: why; all ranks are retold at the end
         if frozen.state.name == "COMPLETE":
             report.refresh_quietly(spec, study, c, parent_id, bar.console, force=False)  # plots + report on the parent run
         if finished(study) >= spec.search.n_trials:
@@ -149,6 +167,7 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
             console.print(
                 f"[yellow]warning:[/] {kept} MLflow records are kept in {c.folder}; run `afina sync {spec_path}` when the server is back"
             )
+    story.retell(c, study, spec, experiment_id, parent_id, spec_path)  # final ranks in every trial's description
     console.print(leaderboard.table(study))
     if report.refresh_quietly(spec, study, c, parent_id, console):
         console.print(f"Report: {report.path(spec)}")
@@ -160,7 +179,7 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
     if interrupted:
         console.print(f"Interrupted. Run `afina sweep {spec_path}` again to resume.")
         raise KeyboardInterrupt
-    console.print(f"Open the runs: [bold]{ui}[/] (then http://127.0.0.1:5000)")
+    console.print(f"Open the runs: [bold]{ui}[/], then {story.link(experiment_id)}", soft_wrap=True)
     if why := all_failed(study):
         raise RunFailed(why)
     return study
@@ -183,6 +202,12 @@ def all_failed(study: optuna.Study) -> str | None:
     (reason, n), total = reasons.most_common(1)[0], sum(reasons.values())
     same = "for the same reason" if n == total else f"({n} of them for this reason)"
     return f"all {total} trials failed {same}: {reason}; see error.txt on a trial's MLflow run"
+
+
+def _generation(spec: Spec, prompts: list[dict]) -> list[str]:
+    """Names of the generation metrics a trial reports (the runs table shows them)."""
+    names = [m.name for m in metrics.for_spec(spec, prompts)] if prompts else []
+    return names + (["judge"] if spec.evaluate.judge else []) + list(spec.evaluate.combine)
 
 
 def _follow(ctx: TrialContext) -> None:

@@ -115,7 +115,10 @@ def client(uri: str):
     import mlflow
     from mlflow import MlflowClient
 
+    from afina import artifacts
+
     uri = absolute(uri)
+    artifacts.register()  # `mlflow-artifacts:/` resolves beside a SQLite store (a relocatable project)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -125,8 +128,16 @@ def experiment(c, name: str, artifact_root: str, uri: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    # A server chooses its own artifact root; a local store puts artifacts under the project's.
-    location = None if uri.startswith("http") else Path(artifact_root).resolve().as_uri()
+    from afina import artifacts
+
+    # A server chooses its own artifact root. A local store whose artifacts sit beside it records
+    # them relative to itself, so the project folder can be moved; another local root is absolute.
+    if uri.startswith("http"):
+        location = None
+    elif artifacts.relocatable(absolute(uri), artifact_root):
+        location = artifacts.ROOT
+    else:
+        location = Path(artifact_root).resolve().as_uri()
     return c.create_experiment(name, artifact_location=location)
 
 
@@ -241,3 +252,47 @@ def dump_spec(spec: Spec, overrides: dict[str, Any] | None = None) -> str:
     if overrides:
         data["trial_params"] = scrub(overrides)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def log_datasets(c, run_id: str, spec, prepared, counts: dict[str, int] | None = None) -> None:
+    """The data slices a run used, as MLflow dataset inputs (the runs table's Dataset column).
+
+    `counts`: rows used per slice (a trial); None logs the eval set alone (the baseline). Best effort:
+    the column is a convenience, and a failure here (an outage) must not fail the trial.
+    """
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    def one(name: str, key: str, source, rows: int, context: str):
+        profile = json.dumps({"num_rows": rows})
+        ds = Dataset(name, prepared.fingerprints.get(key, "")[:36], "local", json.dumps({"path": str(source)}), None, profile)
+        return DatasetInput(ds, [InputTag("mlflow.data.context", context)])
+
+    inputs = [
+        one(n, f"slice.{n}", spec.data.slices[n].path, rows, "training")
+        for n, rows in (counts or {}).items()
+        if rows and n in spec.data.slices
+    ]
+    inputs.append(one("eval", "eval", getattr(spec.data.eval, "path", None) or "held-out split", len(prepared.eval), "eval"))
+    try:
+        c.log_inputs(run_id, datasets=inputs)
+    except Exception:
+        pass
+
+
+def copy_table(c, src_run: str, dst_run: str, name: str) -> bool:
+    """A run's logged table (at the artifact root) onto another run, replacing any earlier copy; False without one.
+
+    Not `log_table`, which appends to an existing table; the tag it sets is what MLflow's Evaluation view reads.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = c.download_artifacts(src_run, name, tmp)
+        except Exception:  # no such table (a failed trial, no prompts)
+            return False
+        c.log_artifact(dst_run, local)
+    logged = json.loads(c.get_run(dst_run).data.tags.get("mlflow.loggedArtifacts", "[]"))
+    if {"path": name, "type": "table"} not in logged:
+        c.set_tag(dst_run, "mlflow.loggedArtifacts", json.dumps([*logged, {"path": name, "type": "table"}]))
+    return True

@@ -58,7 +58,7 @@ def fit(ctx: TrialContext, trial, job: Job) -> list[float]:
     train_ds, eval_ds = (
         _datasets(ctx, rows, tok, args, attn, train_kw) if ctx.reuse else (data.to_dataset(rows), data.to_dataset(prepared.eval))
     )
-    watch = Watch(c, run_id, trial, total, job.on_step, ctx.directions, ctx.lead)
+    watch = Watch(c, run_id, trial, total, job.on_step, ctx.directions, ctx.lead, constant_lr=_constant_lr(args))
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -89,7 +89,7 @@ def fit(ctx: TrialContext, trial, job: Job) -> list[float]:
         c, run_id, {f"best_{k}" if k == "eval_loss" else k: v for k, v in results.items()}, trainer.state.global_step, synchronous=True
     )
     _keep_checkpoint(spec, trainer, tok, c, run_id, workdir, trial)
-    scores = _samples(spec, trainer.model, tok, c, run_id, trial.number, ctx.prompts)
+    scores = _samples(spec, trainer.model, tok, c, run_id, ctx.prompts, ctx.base_answers)
     results = metrics.with_combined(spec, {**results, **scores})  # generation metrics, judge, weighted sums
     tracking.log_metrics(
         c, run_id, {k: v for k, v in results.items() if k not in metrics.TRAIN_RESULTS}, trainer.state.global_step, synchronous=True
@@ -167,15 +167,21 @@ def _keep_checkpoint(spec: Spec, trainer, tok, c, run_id, workdir: Path, trial) 
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _samples(spec: Spec, model, tok, c, run_id: str, number: int, prompts: list[dict]) -> dict[str, float]:
+def _constant_lr(args) -> bool:
+    kind = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    return kind == "constant" and not args.warmup_steps and not getattr(args, "warmup_ratio", 0)
+
+
+def _samples(spec: Spec, model, tok, c, run_id: str, prompts: list[dict], base_answers: dict[str, str]) -> dict[str, float]:
     """Answer the evaluation prompts, score them (metrics.py, judge.py), log the table; returns the scores."""
     if not prompts:
         return {}
     outputs = sampling.answer(spec, model, tok, prompts)
+    # prompt first: MLflow's Evaluation view groups by the first column, so answers line up under prompts
     table = {
-        "trial": [number] * len(prompts),
         "prompt": [p["prompt"] for p in prompts],
         "reference": [p.get("reference") or "" for p in prompts],
+        "base": [base_answers.get(p["prompt"], "") for p in prompts],
         "output": outputs,
     }
     scores, columns = metrics.evaluate(spec, prompts, outputs)

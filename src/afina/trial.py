@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from afina import data, distributed, resume, space, tracking
+from afina import data, distributed, resume, space, story, tracking
 from afina.train import Job, fit
 
 if TYPE_CHECKING:
@@ -43,11 +43,11 @@ def run(ctx: TrialContext, trial, on_step: Callable[[int, int], None] | None = N
         rows, counts = data.mix(prepared, choices, spec.data.seed)
         data_print = data.fingerprint(rows)
         trial.set_user_attr("data_fingerprint", data_print)
+        # Every resolved field once; which of them the search picked is in afina.searched and the description.
         tracking.log_params(
             c,
             run_id,
             {
-                **{f"param.{k}": v for k, v in params.items()},
                 **{f"train.{k}": v for k, v in train_kw.items()},
                 **{f"lora.{k}": v for k, v in lora_kw.items()},
                 **{f"slices.{n}.{a}": v for n, ch in choices.items() for a, v in ch.items()},
@@ -61,6 +61,9 @@ def run(ctx: TrialContext, trial, on_step: Callable[[int, int], None] | None = N
             },
         )
         c.set_tag(run_id, f"{tracking.TAG}data_fingerprint", data_print)
+        c.set_tag(run_id, f"{tracking.TAG}searched", ", ".join(params) or "none")
+        c.set_tag(run_id, story.NOTE, story.running_note(trial.number, params))
+        tracking.log_datasets(c, run_id, spec, prepared, counts)
         if not rows:
             raise optuna.TrialPruned("every slice is excluded by this trial's choices; nothing to train on")
         distributed.announce(

@@ -9,12 +9,34 @@ from transformers import TrainerCallback
 
 from afina import distributed, stop, tracking
 
+# Trainer's bookkeeping, not logged: MLflow would draw a chart for each, ahead of the curves that matter.
+COUNTERS = {
+    "total_flos",
+    "train_runtime",
+    "train_samples_per_second",
+    "train_steps_per_second",
+    "train_tokens_per_second",
+    "epoch",
+    "num_input_tokens_seen",
+    "num_tokens",
+    "eval_num_tokens",
+    "eval_runtime",
+    "eval_samples_per_second",
+    "eval_steps_per_second",
+    "entropy",
+    "eval_entropy",
+}
+
 
 class Watch(TrainerCallback):
     """Trainer callback: curves to MLflow, NaN guard, Optuna pruning, progress. No trainer subclass."""
 
-    def __init__(self, client, run_id: str | None, trial, total: int, on_step, directions: list[str], lead: bool = True):
+    def __init__(
+        self, client, run_id: str | None, trial, total: int, on_step, directions: list[str], lead: bool = True, constant_lr: bool = False
+    ):
         self.c, self.run_id, self.trial, self.total, self.on_step = client, run_id, trial, total, on_step
+        # A flat learning-rate curve is drawn by MLflow's charts on a ±1 axis, i.e. at "0"; train.learning_rate says it.
+        self.skip = COUNTERS | ({"learning_rate"} if constant_lr else set())
         self.directions, self.lead = directions, lead  # lead=False on follower ranks: no logging, decisions come from rank 0
         self.stop = False
         self.last_eval: float | None = None
@@ -32,8 +54,7 @@ class Watch(TrainerCallback):
         if "loss" in logs and now > self.t0:
             logs["tokens_per_second"] = (tokens - self.tokens0) / (now - self.t0)
         self.t0, self.tokens0 = now, tokens
-        skip = ("total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_tokens_per_second")
-        self.pending.append((state.global_step, int(time.time() * 1000), {k: v for k, v in logs.items() if k not in skip}))
+        self.pending.append((state.global_step, int(time.time() * 1000), {k: v for k, v in logs.items() if k not in self.skip}))
         if "eval_loss" in logs or now - self.flushed >= 2.0:  # evals first: a pruned trial keeps its curve
             self.flush()
 
