@@ -130,6 +130,5 @@ def _default_run(spec, study, steps: int, seed: int) -> str:
     )
     fixed = optuna.trial.FixedTrial({}, 0)
     trial.run(ctx, fixed, role="reference")
-    study.set_user_attr("reference", fixed.user_attrs["results"])
-    study.set_user_attr("reference_run_id", fixed.user_attrs["mlflow_run_id"])
+    study.set_user_attr("reference", {"run_id": fixed.user_attrs["mlflow_run_id"], "steps": steps, "results": fixed.user_attrs["results"]})
     return fixed.user_attrs["mlflow_run_id"]

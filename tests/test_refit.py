@@ -125,7 +125,7 @@ def test_budget_search_share_refit_promotion_and_verdict(project, cli):
 
 def _reference_run(path, study, steps: int) -> str:
     """Stand-in for issue 14's reference run, trained for real: TRL's default learning rate on the sweep's data
-    for the sweep's steps, through the same trial.run, its results kept where the baseline keeps its own."""
+    for the sweep's steps, through the same trial.run, its record kept as reference.py (issue 14) keeps it."""
     import dataclasses
 
     from afina import data, metrics, models, trial
@@ -144,8 +144,7 @@ def _reference_run(path, study, steps: int) -> str:
     fixed = optuna.trial.FixedTrial({"train.learning_rate": 2e-5, "slices.poesia.include": True}, 0)
     trial.run(ctx, fixed, role="reference")
     c.settle()
-    study.set_user_attr("reference", fixed.user_attrs["results"])
-    study.set_user_attr("reference_run_id", fixed.user_attrs["mlflow_run_id"])
+    study.set_user_attr("reference", {"run_id": fixed.user_attrs["mlflow_run_id"], "steps": steps, "results": fixed.user_attrs["results"]})
     return fixed.user_attrs["mlflow_run_id"]
 
 

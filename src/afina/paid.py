@@ -3,8 +3,8 @@
 The sweep's model is what `afina promote` would pick: the refit when it beats the trial it came
 from, else the best trial. The reference is the default-run reference (`baseline: {default_run:
 true}`): TRL's defaults with afina's LoRA defaults, trained on the same data for as many steps as
-the sweep spent, evaluated like a trial, its results kept in the study's user attrs `reference` /
-`reference_run_id` the way the baseline's are. Every result both have is compared: the objective,
+the sweep spent, evaluated like a trial, its record kept in the study's user attr `reference`
+({run_id, steps, results, n}, reference.py of issue 14). Every result both have is compared: the objective,
 and each generation metric with its n and, from the per-prompt scores of both samples tables,
 the paired standard error of the difference. A loss has one value per run: no error bar, and
 the verdict says so. A sweep that lost is reported as lost.
@@ -30,9 +30,10 @@ ATTR = "paid"  # study user attr: the last verdict, so `afina status` shows it w
 SKIP = {"train_loss", "train_runtime", "train_tokens", "judge_unparsed"}  # not quality, unless an objective
 
 
-def reference(study: optuna.Study) -> tuple[dict[str, float], str]:
-    """The default-run reference's results and run id ({} and "" until it ran)."""
-    return study.user_attrs.get("reference") or {}, study.user_attrs.get("reference_run_id", "")
+def reference(study: optuna.Study) -> dict[str, Any]:
+    """The default-run reference's record {run_id, steps, results, n} ({} until it ran)."""
+    rec = study.user_attrs.get("reference") or {}
+    return rec if rec.get("run_id") and rec.get("results") else {}
 
 
 def sweep_model(study: optuna.Study, spec: Spec) -> tuple[str, dict[str, float], str] | None:
@@ -59,16 +60,16 @@ def direction(name: str, study: optuna.Study) -> int:
 
 def record(spec: Spec, study: optuna.Study, c, parent_id: str) -> dict | None:
     """Compare, store the verdict on the study and the parent run; None until both runs exist."""
-    ref, ref_run = reference(study)
-    mine = sweep_model(study, spec)
-    if not ref or mine is None:
+    rec, mine = reference(study), sweep_model(study, spec)
+    if not rec or mine is None:
         return None
+    ref, ref_run = rec["results"], rec["run_id"]
     label, results, run_id = mine
     old = study.user_attrs.get(ATTR) or {}
     if old.get("run_id") == run_id and old.get("reference_run_id") == ref_run:
         return old  # nothing new to compare
     n = (winner.state(study).get("n") or {}) if label.startswith("refit") else {}
-    n = n or winner.sizes(spec, _eval_rows(c, run_id), metrics.prompts(spec))
+    n = n or rec.get("n") or winner.sizes(spec, _eval_rows(c, run_id), metrics.prompts(spec))
     objectives = study_mod.objectives(study)
     scores = (_scores(c, run_id), _scores(c, ref_run))
     rows = []
@@ -105,7 +106,7 @@ def record(spec: Spec, study: optuna.Study, c, parent_id: str) -> dict | None:
         "run_id": run_id,
         "reference_run_id": ref_run,
         "sweep_steps": budget.sweep_steps(study),
-        "reference_steps": _steps(c, ref_run),
+        "reference_steps": rec.get("steps") or _steps(c, ref_run),
         "rows": rows,
         "beat_objective": bool(rows) and rows[0]["objective"] and rows[0]["verdict"] == "better",
         "beat_all": bool(judged) and all(r["verdict"] == "better" for r in judged),
