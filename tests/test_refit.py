@@ -202,3 +202,38 @@ def test_no_budget_no_refit_and_refit_needs_one(project, cli):
     assert "refit" not in _study(project).user_attrs and not _runs(_client(project), "refit")
     code, out, err = cli("refit", path)
     assert code == 2 and "add `budget: {refit: 0.5}`" in err
+
+
+def test_budget_arithmetic_on_a_study():
+    """spent / room / refit_steps over a real (in-memory) Optuna study: finished trials count what they trained,
+    a running one its full length; without budget.steps the refit's share comes from what the search spent."""
+    from afina import budget
+    from afina import spec as spec_mod
+
+    study = optuna.create_study()
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for state, steps in (("COMPLETE", 10), ("PRUNED", 5), ("FAIL", 3)):
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=getattr(optuna.trial.TrialState, state),
+                value=1.0 if state == "COMPLETE" else None,
+                intermediate_values={steps: 1.0} if state == "PRUNED" else None,
+                params={"x": 0.5},
+                distributions=dist,
+                user_attrs={"steps": steps},
+            )
+        )
+    assert budget.spent(study) == 18
+
+    def spec(**b):
+        return spec_mod.Spec.model_validate({**tiny_spec(train={"max_steps": 10}), "budget": b})
+
+    assert budget.room(study, spec(steps=60, refit=0.5), 10)  # 18 + 10 <= 30
+    assert not budget.room(study, spec(steps=50, refit=0.5), 10)  # 18 + 10 > 25
+    assert budget.refit_steps(study, spec(steps=60, refit=0.5)) == 42  # all that is left
+    assert budget.refit_steps(study, spec(refit=0.25)) == 6  # 18 * 0.25 / 0.75
+    assert budget.refit_steps(study, spec(steps=60, refit=0.0)) == 0  # refit 0: none
+    running = study.ask()
+    running.set_user_attr("steps", 2)
+    assert not budget.room(study, spec(steps=60, refit=0.5), 10)  # 18 finished + 10 running (at full length) + 10 > 30
+    assert budget.spent(study) == 20 and budget.sweep_steps(study) == 20

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from afina import budget, metrics, resume, tracking
+from afina import budget, distributed, metrics, resume, tracking
 from afina import study as study_mod
 from afina.errors import UserError
 
@@ -77,6 +77,9 @@ def run(ctx: TrialContext, study: optuna.Study, console, on_step=None, number: i
     if steps <= 0:
         if spec.budget is not None and spec.budget.refit > 0:
             console.print(f"no refit: the search spent the whole budget ({budget.spent(study)} of {spec.budget.steps} steps)")
+        return None
+    if distributed.active():  # the other ranks would train a trial's length in a trial's folder
+        console.print("the refit is not trained under torchrun; run `afina refit SPEC` in one process to train it")
         return None
     try:
         best = pick(study, spec, number)
