@@ -30,9 +30,15 @@ def trial_steps(spec: Spec, n_rows: int) -> int:
     return schedule.total_steps(dict(spec.train), n_rows)
 
 
+def steps(t) -> int:
+    """Steps one trial trained; a trial from before afina recorded them counts up to its last evaluation."""
+    got = t.user_attrs.get(STEPS)
+    return int(got if got is not None else max(t.intermediate_values, default=0))
+
+
 def spent(study: optuna.Study) -> int:
     """Steps the search has trained so far: every trial, finished or running, pruned and failed ones too."""
-    return sum(int(t.user_attrs.get(STEPS, 0)) for t in study.get_trials(deepcopy=False))
+    return sum(steps(t) for t in study.get_trials(deepcopy=False))
 
 
 def search_share(spec: Spec) -> int | None:
@@ -48,7 +54,7 @@ def room(study: optuna.Study, spec: Spec, length: int) -> bool:
         return True
     trials = study.get_trials(deepcopy=False)
     running = sum(1 for t in trials if t.state.name == "RUNNING")
-    done = sum(int(t.user_attrs.get(STEPS, 0)) for t in trials if t.state.name != "RUNNING")
+    done = sum(steps(t) for t in trials if t.state.name != "RUNNING")
     return done + running * length + length <= share
 
 
