@@ -73,7 +73,7 @@ def test_budget_search_share_refit_promotion_and_verdict(project, cli):
     assert run.info.run_id == record["run_id"] and run.info.status == "FINISHED" and run.data.tags["afina.refit_of"] == str(best.number)
     assert run.data.tags["mlflow.parentRunId"] == study.user_attrs["mlflow_parent_run_id"]
     assert run.data.params["train.max_steps"] == str(24 - spent)
-    assert run.data.params["param.train.learning_rate"] == str(best.params["train.learning_rate"])
+    assert float(run.data.params["train.learning_rate"]) == best.params["train.learning_rate"]  # the winner's configuration
     assert run.data.params["data.fingerprint"] == best.user_attrs["data_fingerprint"]  # the same data mixture
     arts = {a.path for a in c.list_artifacts(run.info.run_id)} | {a.path for a in c.list_artifacts(run.info.run_id, "checkpoint")}
     assert {"samples.json", "checkpoint/adapter_model.safetensors"} <= arts
