@@ -8,6 +8,7 @@
     python bench/run.py memory --model smollm2-135m           # peak RSS of a trial, RSS across trials
     python bench/run.py defaults --model tiny-random          # device defaults: eval loss vs the plain setup
     python bench/run.py slices --model smollm2-135m           # the quickstart's poesia verdict: 5 seeds x 40 steps
+    python bench/run.py refit --model smollm2-135m --budget 60 --seeds 3   # search + refit vs a default run of equal compute
     python bench/run.py all --quick --json out.json           # everything, tiny sizes (the CI smoke)
 
 A and B always run interleaved in one process (A B A B ...), after an unrecorded warm-up pair,
@@ -270,6 +271,19 @@ def slices(a) -> dict:
     return {"config": config, "seeds": summary["seeds"], "steps": a.steps, "noise": summary["noise"], "poesia_false_to_true": rows}
 
 
+def refit(a) -> dict:
+    """Both shipped specs (or --spec): search + refit vs one default run of equal total steps, per seed (bench/refit.py)."""
+    import refit as refit_mod
+
+    names = ["quickstart.yaml"] if a.quick else ["quickstart.yaml", "customer_support.yaml"]
+    specs = [Path(a.spec)] if a.spec else [common.ROOT / "experiments" / n for n in names]
+    budget = a.budget or (12 if a.quick else 60)
+    out = {}
+    for p in specs:
+        out[p.stem] = refit_mod.compare(p, a.model, budget, a.refit_share, a.seeds, a.steps, a.prompts)
+    return out
+
+
 COMMANDS = {
     "overhead": overhead,
     "fixed": fixed,
@@ -279,6 +293,7 @@ COMMANDS = {
     "memory": memory,
     "defaults": defaults,
     "slices": slices,
+    "refit": refit,
 }
 
 
@@ -300,6 +315,10 @@ def main(argv=None) -> dict:
     p.add_argument("--trials", type=int, default=None, help="trials (memory, search) or study size (cli)")
     p.add_argument("--seeds", type=int, default=None, help="search: seeds")
     p.add_argument("--every", type=int, default=None, help="search: steps between evaluations (of 12; default 1)")
+    p.add_argument("--budget", type=int, default=None, help="refit: budget.steps of each sweep (default 60; 12 with --quick)")
+    p.add_argument("--refit-share", type=float, default=0.5, help="refit: budget.refit")
+    p.add_argument("--prompts", type=int, default=16, help="refit: held-out eval rows answered, besides the spec's samples")
+    p.add_argument("--spec", default=None, help="refit: one spec file (default: quickstart and customer_support)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the harness")
     p.add_argument("--json", type=Path, help="write the results here")
     a = p.parse_args(argv)
@@ -307,10 +326,10 @@ def main(argv=None) -> dict:
     results = {"machine": common.machine(), "model": a.model, "quick": a.quick}
     for name in names:
         sizes = {
-            "steps": 2 if a.quick else (40 if a.model == "tiny-random" or name == "slices" else 8),
+            "steps": 2 if a.quick else {"refit": None}.get(name, 40 if a.model == "tiny-random" or name == "slices" else 8),
             "repeats": 1 if a.quick else 3,
             "trials": {"cli": 200, "search": 30, "memory": 3 if a.quick else 6}.get(name, 4),
-            "seeds": 2 if a.quick else (5 if name == "slices" else 100),
+            "seeds": 2 if a.quick else {"slices": 5, "refit": 3}.get(name, 100),
         }
         if name == "cli" and not a.quick:
             sizes["repeats"] = 10
@@ -320,6 +339,10 @@ def main(argv=None) -> dict:
             quick=a.quick,
             lr=a.lr,
             every=a.every,
+            budget=a.budget,
+            refit_share=a.refit_share,
+            prompts=a.prompts,
+            spec=a.spec,
             shape={
                 "method": a.method,
                 "batch": a.batch,

@@ -155,6 +155,19 @@ def promote(
 
 
 @app.command()
+def refit(
+    spec: SpecArg,
+    storage: StorageOpt = None,
+    tracking_uri: TrackingOpt = None,
+    trial: Annotated[int | None, typer.Option("--trial", help="Refit this trial instead of the best COMPLETE one")] = None,
+):
+    """Train (or resume) the refit: the winner's configuration with the rest of budget.steps."""
+    from afina import refit as refit_mod
+
+    refit_mod.run(_spec(spec, storage, tracking_uri), _console(), trial)
+
+
+@app.command()
 def generate(
     model: ModelUriArg,
     prompt: Annotated[str, typer.Argument(help="A prompt, or a .jsonl file of {prompt} rows (one JSON answer per line)")],

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from afina import data, gate, loader, logs, models, pyfunc, registry, spool, story, tracking
+from afina import data, gate, loader, logs, models, pyfunc, registry, spool, story, tracking, winner
 from afina import study as study_mod
 from afina.errors import UserError
 
@@ -77,7 +77,7 @@ def run(spec: Spec, console, number: int | None = None, force: bool = False, mer
     tracking.check_url(spec.tracking.optuna_storage, "optuna_storage")
     study = study_mod.open(spec)
     c = study_mod.reader(spec.tracking.mlflow_uri)
-    trial = select(study, spec, number)
+    trial = winner.prefer(study, spec, select(study, spec, number), console)  # its refit, when that beats it
     run_id = study_mod.run_id(trial, study)
     if run_id.startswith(spool.OFFLINE):
         raise UserError(f"trial {trial.number}'s MLflow records are still kept locally (the server was down); run `afina sync` first")
@@ -131,7 +131,7 @@ def run(spec: Spec, console, number: int | None = None, force: bool = False, mer
         # afina.run_id and the description lead back to the trial that trained it.
         info = pyfunc.log(cand_dir, promo_id, exp_id)
         meta = loader.read_meta(cand_dir)
-        tags = {**gate_tags, **_lineage(study, trial, source, meta), "afina.promotion_run": promo_id}
+        tags = {**gate_tags, **_lineage(study, trial, source, meta), **winner.lineage(trial), "afina.promotion_run": promo_id}
         version = mlflow.register_model(info.model_uri, name, tags=tags)
     c.update_registered_model(name, description=story.model_note(name, study.study_name, alias))
     c.update_model_version(

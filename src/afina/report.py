@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from afina import metrics, plots, tracking
+from afina import metrics, paid, plots, tracking
 from afina import study as study_mod
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ def path(spec: Spec) -> Path:
 
 def refresh(spec: Spec, study: optuna.Study, c, parent_id: str) -> Path:
     """Re-render plots, leaderboard and report, and log them to the sweep's parent run."""
+    paid.record(spec, study, c, parent_id)  # the sweep's model vs a default run of equal compute, once both exist
     with tempfile.TemporaryDirectory() as tmp:
         pics = plots.render(study, Path(tmp) / "plots")
         if pics:
@@ -173,6 +174,7 @@ def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict]
     from afina import findings
 
     parts.append(findings.html_section(study.user_attrs.get("verdicts")))
+    parts.append(paid.html(study))
     parts.append("<h2>Leaderboard</h2>" + (("<p>★ = on the Pareto front</p>") if len(study.directions) > 1 else ""))
     cols = _columns(board)
     parts.append(table_html(cols, [[r.get(k) for k in cols] for r in board]))

@@ -44,8 +44,13 @@ def resume_point(spec: Spec, trial, c, study_name: str) -> tuple[Path | None, li
             pass
     root = Path(spec.tracking.checkpoint_dir) / study_name
     folders = [root / f"trial-{n}" for n in sources]
+    return latest(*folders), [f for f in folders if f.is_dir()]
+
+
+def latest(*folders: Path) -> Path | None:
+    """The newest complete checkpoint (one with its trainer state) in these folders, if any."""
     found = [(int(p.name.split("-")[-1]), p) for f in folders for p in f.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return (max(found)[1] if found else None), [f for f in folders if f.is_dir()]
+    return max(found)[1] if found else None
 
 
 def worker_id() -> str:

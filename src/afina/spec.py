@@ -328,6 +328,25 @@ class Promote(Strict):
     """Multi-objective studies: the objective that picks the best trial (or pass --trial N)."""
 
 
+class Budget(Strict):
+    """Training steps for the whole sweep, stated once: the search spends its share, the refit trains
+    the winning configuration with the rest (winner.py). Without a `budget:` section there is no refit."""
+
+    steps: int | None = Field(None, ge=1)
+    """Total training steps of the sweep, search and refit together. The search stops starting trials once its
+    share is spent (pruned trials count the steps they trained). Default: whatever the search spends."""
+    refit: float = 0.5
+    """Share of the total kept for the refit. 0.5: the search only has to rank configurations, which short and
+    pruned trials do; the promoted model's quality is bought by the refit's steps. 0: no refit."""
+
+    @field_validator("refit")
+    @classmethod
+    def _share(cls, v):
+        if not 0 <= v < 1:
+            raise ValueError(f"{v} is not a share: give a number from 0 (no refit) up to, not including, 1, e.g. 0.5")
+        return v
+
+
 class Spec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME)
     """Study name, and the default MLflow experiment and registered model name."""
@@ -341,6 +360,8 @@ class Spec(Strict):
     evaluate: Evaluate = Evaluate()
     tracking: Tracking = Tracking()
     promote: Promote = Promote()
+    budget: Budget | None = None
+    """Total training steps and the refit's share; None: the search alone, no refit."""
     base_dir: Path = Field(Path("."), exclude=True)
     """Folder of the spec file; relative data paths resolve against it (not a YAML key)."""
 
@@ -396,6 +417,18 @@ class Spec(Strict):
         for where, params in space.points(self):
             train, lora, _ = space.apply(self, params)
             space.check_values(train, lora if self.model.method == "lora" else {}, None, where, ValueError)
+        return self
+
+    @model_validator(mode="after")
+    def _budget_fits(self):
+        """A search share smaller than one trial could start nothing (checked here when max_steps is fixed)."""
+        b, steps = self.budget, self.train.get("max_steps", -1)
+        if b and b.steps and isinstance(steps, int) and steps > 0 and "train.max_steps" not in self.search.space:
+            if b.steps * (1 - b.refit) < steps:
+                raise ValueError(
+                    f"budget.steps {b.steps} leaves the search {int(b.steps * (1 - b.refit))} steps, less than one trial's "
+                    f"train.max_steps {steps}; raise budget.steps or lower budget.refit"
+                )
         return self
 
     @model_validator(mode="after")

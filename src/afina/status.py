@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from afina import findings, leaderboard, report
+from afina import findings, leaderboard, paid, report
 from afina import study as study_mod
 
 if TYPE_CHECKING:
@@ -15,5 +15,7 @@ def run(spec: Spec, console) -> None:
     study = study_mod.open(spec)
     findings.render(console, study.user_attrs.get("verdicts"))  # "What your data did" comes first
     console.print(leaderboard.table(study))
+    for line in paid.lines(study):  # the refit, and whether the sweep beat a default run of equal compute
+        console.print(line)
     if report.path(spec).is_file():
         console.print(f"Report: {report.path(spec)} (also report.html on the sweep's MLflow run)")

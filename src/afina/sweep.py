@@ -14,17 +14,20 @@ from typing import TYPE_CHECKING
 from afina import (
     audit,
     baseline,
+    budget,
     distributed,
     leaderboard,
     logs,
     metrics,
     models,
+    paid,
     report,
     schedule,
     spool,
     stop,
     story,
     tracking,
+    winner,
 )
 from afina import study as study_mod
 from afina.context import TrialContext
@@ -76,6 +79,8 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
         return _follow(TrialContext(spec, prepared, model_dir, spec.name, spec.search.directions, lead=False))
     if prepared.report.warnings:
         audit.render(prepared.report, console, per_kind=3, table=False)
+    length = budget.trial_steps(spec, sum(map(len, prepared.slices.values())))  # one trial's steps, for the budget
+    budget.check(spec, length)
     study = study_mod.open(
         spec,
         create=True,
@@ -150,7 +155,9 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
     try:
         with bar:
             if remaining > 0:
-                _work(study, objective, after, spec)
+                _work(study, objective, after, spec, length)
+            if not stop.STOP.is_set() and (finished(study) >= spec.search.n_trials or not budget.room(study, spec, length)):
+                winner.run(ctx, study, bar.console, on_step)  # budget: the winner trained with the rest (no budget: nothing)
         interrupted = stop.STOP.is_set()
         if not interrupted:
             from afina import ablation
@@ -171,6 +178,8 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
     console.print(leaderboard.table(study))
     if report.refresh_quietly(spec, study, c, parent_id, console):
         console.print(f"Report: {report.path(spec)}")
+    for line in paid.lines(study):  # the refit, and whether the sweep beat a default run of equal compute
+        console.print(line)
     ui = (
         "afina ui"
         if spec.tracking.mlflow_uri == tracking.MLFLOW_URI
@@ -233,8 +242,9 @@ def _follow(ctx: TrialContext) -> None:
         restore()
 
 
-def _work(study: optuna.Study, objective, after, spec: Spec) -> None:
-    """Take trials until the study holds n_trials, as one of possibly many workers.
+def _work(study: optuna.Study, objective, after, spec: Spec, length: int) -> None:
+    """Take trials until the study holds n_trials or the search's share of the budget is spent
+    (budget.py: a trial of `length` steps must fit), as one of possibly many workers.
 
     A trial starts only while finished + running trials leave room for it, so workers do not
     overshoot the budget. With no room, a worker waits while others run: one of them may die, and its
@@ -252,9 +262,12 @@ def _work(study: optuna.Study, objective, after, spec: Spec) -> None:
             return
         # WAITING trials (enqueued, requeued, retries) are not counted: optimize() takes them first.
         live = sum(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False)) if beat else 0
-        if finished(study) + live < n:
+        fits = budget.room(study, spec, length)
+        if finished(study) + live < n and fits:
             study.optimize(objective, n_trials=1, timeout=left, catch=(Exception,), callbacks=[after], gc_after_trial=True)
             continue
+        if not fits and not live:
+            return  # the budget's search share is spent and no trial is still running
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(study)

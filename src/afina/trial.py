@@ -3,7 +3,8 @@
 `run(ctx, trial, role=...)` is the one public way to train a configuration as a child run of the
 sweep, evaluated exactly like every trial. It takes an Optuna trial of the study, or an
 `optuna.trial.FixedTrial(params, number)` with no study behind it (refits, references, ablations):
-then the study name comes from the TrialContext and nothing is resumed. It returns the objective
+then the study name comes from the TrialContext, and it resumes from the newest checkpoint left in
+its own folder (ROLE-N) by a killed or interrupted earlier attempt. It returns the objective
 value(s) and leaves everything else in the run: params, data fingerprints, curves, the samples
 table, the kept checkpoint, and on failure the reason.
 """
@@ -29,15 +30,15 @@ def run(ctx: TrialContext, trial, on_step: Callable[[int, int], None] | None = N
 
     spec, prepared, c = ctx.spec, ctx.prepared, ctx.client
     params = space.suggest(trial, spec.search.space)
-    in_study = hasattr(trial, "study")  # a FixedTrial has no study: nothing to resume from
-    resumed, consumed = resume.resume_point(spec, trial, c, ctx.study_name) if in_study else (None, [])
+    workdir = Path(spec.tracking.checkpoint_dir) / ctx.study_name / f"{role}-{trial.number}"
+    in_study = hasattr(trial, "study")  # a FixedTrial has no study: only its own folder to resume from
+    resumed, consumed = resume.resume_point(spec, trial, c, ctx.study_name) if in_study else (resume.latest(workdir), [])
     run_id = tracking.child_run(c, ctx.experiment_id, ctx.parent_id, ctx.study_name, trial.number, role)
     trial.set_user_attr("mlflow_run_id", run_id)
     trial.set_user_attr("worker", resume.worker_id())
     if resumed:
         trial.set_user_attr("resumed_from", str(resumed))
         c.set_tag(run_id, f"{tracking.TAG}resumed_from", str(resumed))
-    workdir = Path(spec.tracking.checkpoint_dir) / ctx.study_name / f"{role}-{trial.number}"
     try:
         train_kw, lora_kw, choices = space.apply(spec, params)
         rows, counts = data.mix(prepared, choices, spec.data.seed)

@@ -7,7 +7,7 @@ import time
 
 from transformers import TrainerCallback
 
-from afina import distributed, stop, tracking
+from afina import budget, distributed, stop, tracking
 
 # Trainer's bookkeeping, not logged: MLflow would draw a chart for each, ahead of the curves that matter.
 COUNTERS = {
@@ -43,6 +43,15 @@ class Watch(TrainerCallback):
         self.t0, self.tokens0 = time.perf_counter(), 0
         self.pending: list[tuple[int, int, dict]] = []  # per-step curves, written in batches (one write per ~2 s)
         self.flushed = self.t0
+        self.start = 0  # the step training began at: a resumed trial counts only its own steps
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.start = state.global_step  # the checkpoint's step when resumed (its state is loaded by now)
+
+    def count(self, state) -> None:
+        """The steps this trial trained, for the budget (budget.py): kept current at every eval and save."""
+        if self.lead:
+            self.trial.set_user_attr(budget.STEPS, state.global_step - self.start)
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
@@ -65,6 +74,7 @@ class Watch(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kw):
         self.flush()
+        self.count(state)
 
     def on_step_end(self, args, state, control, **kw):
         self.stop = distributed.share(stop.STOP.is_set())  # rank 0 decides, so all ranks save the same step
@@ -74,6 +84,7 @@ class Watch(TrainerCallback):
             self.on_step(state.global_step, self.total)
 
     def on_save(self, args, state, control, **kw):
+        self.count(state)
         if self.stop:  # raised here, so Trainer's end-of-training cleanup keeps this checkpoint
             raise KeyboardInterrupt(f"stopped at step {state.global_step} after saving a checkpoint; `afina sweep` resumes it")
 
@@ -83,6 +94,7 @@ class Watch(TrainerCallback):
         value = (metrics or {}).get("eval_loss")
         if value is None:
             return
+        self.count(state)  # before pruning: a pruned trial counts the steps it ran
         if not math.isfinite(value):
             raise FloatingPointError(f"eval loss became {value} at step {state.global_step}")
         self.last_eval = value

@@ -1,0 +1,49 @@
+"""`afina refit SPEC [--trial N]`: train, or resume, just the refit of a swept study's winner.
+
+`afina sweep` runs the refit by itself once the search is done; this command is for a refit that
+was killed (it resumes from its last checkpoint), a multi-objective study's pick (`--trial N`),
+or a budget added to the spec after the sweep.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from afina import data, logs, metrics, models, paid, report, stop, winner
+from afina import study as study_mod
+from afina.context import TrialContext
+from afina.errors import UserError
+
+if TYPE_CHECKING:
+    from afina.spec import Spec
+
+
+def run(spec: Spec, console, number: int | None = None) -> dict | None:
+    logs.quiet(sweep=True)
+    if spec.budget is None or spec.budget.refit <= 0:
+        raise UserError("the spec has no refit: add `budget: {refit: 0.5}` (or budget.steps and budget.refit) and run again")
+    study = study_mod.open(spec)
+    parent_id = study_mod.parent_id(study)
+    if not parent_id:
+        raise UserError(f"study {spec.name!r} has no sweep run yet; run `afina sweep` first")
+    winner.pick(study, spec, number)  # a bad --trial or a study without a winner fails before any loading
+    prepared = data.prepare(spec)
+    model_dir = models.resolve(spec.model.ref)
+    c = study_mod.client(spec)
+    experiment_id = c.get_run(parent_id).info.experiment_id
+    ctx = TrialContext(
+        spec, prepared, model_dir, study.study_name, spec.search.directions, c, experiment_id, parent_id, metrics.prompts(spec)
+    )
+    restore = stop.install_stop()  # Ctrl-C/SIGTERM: checkpoint and stop; `afina refit` again resumes
+    try:
+        done = winner.run(ctx, study, console, number=number)
+    except KeyboardInterrupt:
+        console.print("Interrupted. Run `afina refit` (or `afina sweep`) again to resume the refit from its checkpoint.")
+        raise
+    finally:
+        restore()
+        c.settle()
+    report.refresh_quietly(spec, study, c, parent_id, console)
+    for line in paid.lines(study):
+        console.print(line)
+    return done
