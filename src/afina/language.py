@@ -11,7 +11,8 @@ from collections import Counter
 
 STOPWORDS = {
     "en": "the and of to a in is it you that for on with as are this be at or have from not your we can by an will my if do our please me",
-    "es": "a el la de que y en los las un una por con para es no se del al lo su como más pero sus le ya muy sí te tu mi nos está hay puedes",
+    "es": "a el la de que y en los las un una por con para es no se del al lo su como más pero sus le ya muy sí te tu mi nos "
+    "está hay puedes",
     "fr": "le la les de des et en un une du est que qui pour pas dans sur au avec ce il elle vous nous mais ou se sont votre aux très je",
     "de": "der die das und ist nicht ein eine zu den von mit sich des auf für im dem auch es an als wir sie ich du bitte oder ihr wie noch",
     "pt": "o a os as de que e do da em um uma para com não por se na no mais dos das ao como mas foi você seu sua muito já está são",

@@ -156,7 +156,8 @@ def table_html(header: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-STYLE = """<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0;font-size:13px}
+STYLE = """<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}
 td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}th{background:#f3f3f3}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}.pics{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:1em}
 pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}</style>"""
