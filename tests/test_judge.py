@@ -183,3 +183,42 @@ def test_local_model_judge_in_a_sweep(project, cli):
     assert t.state.name == "COMPLETE", t.user_attrs
     r = t.user_attrs["results"]
     assert r["judge_unparsed"] + (1 if "judge" in r else 0) >= 1 and 0 <= r["judge_unparsed"] <= 2
+
+
+class Busy(BaseHTTPRequestHandler):
+    """Answers 429 (rate limited) to every other request, then a score: the openai client must retry."""
+
+    calls = 0
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        Busy.calls += 1
+        if Busy.calls % 2:
+            data, code = b'{"error": {"message": "rate limited"}}', 429
+        else:
+            data, code = json.dumps({"choices": [{"message": {"role": "assistant", "content": "8"}}]}).encode(), 200
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Retry-After-Ms", "10")  # the client waits this long, not its default backoff
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_endpoint_judge_retries_rate_limits():
+    Busy.calls = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        cfg = SimpleNamespace(url=url, api_key_env=None, name="grader", max_new_tokens=4, timeout=10, rubric="Nice?", scale=(1, 10))
+        cfg.show_reference = False
+        scores, raw = judge.score(cfg, [{"prompt": "Hola"}, {"prompt": "Adiós"}], ["¡Hola!", "Adiós."])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert scores == [8.0, 8.0] and raw == ["8", "8"]
+    assert Busy.calls == 4  # each prompt: one 429, then the retry answered

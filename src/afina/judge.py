@@ -2,19 +2,17 @@
 
 The judge is any model afina can load (`model: smollm2-135m`, a local folder, a hub id) or an
 OpenAI-compatible chat endpoint (`url:` + the name of the environment variable that holds the
-key). Judges answer in free text, so scores are parsed leniently ("7", "Score: 7", "7/10");
-answers with no usable score are counted (`judge_unparsed`), never crashed on. An endpoint that
-cannot be reached raises, which fails the trial with that reason.
+key), reached through the openai client (retries with backoff, 429 handling). Judges answer in
+free text, so scores are parsed leniently ("7", "Score: 7", "7/10"); answers with no usable score
+are counted (`judge_unparsed`), never crashed on. An endpoint that cannot be reached raises, which
+fails the trial with that reason.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
-import urllib.error
-import urllib.request
 
 from afina import models, sampling
 from afina.tracking import redact
@@ -116,31 +114,39 @@ def _fmt(x: float) -> str:
 
 
 def _http(cfg, content: str) -> str:
-    """One chat completion. Down or refusing: raise (the trial fails). Garbage body: return it (unparsed)."""
-    url = cfg.url.rstrip("/")
-    url = url if url.endswith("/chat/completions") else url + "/chat/completions"
-    body = json.dumps(
-        {"model": cfg.name, "messages": [{"role": "user", "content": content}], "temperature": 0, "max_tokens": cfg.max_new_tokens}
-    ).encode()
-    headers = {"Content-Type": "application/json"}
-    if cfg.api_key_env:
-        headers["Authorization"] = f"Bearer {os.environ.get(cfg.api_key_env, '')}"
-    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    """One chat completion through the openai client, which retries with backoff on 429, 5xx and dropped connections.
+
+    Down or refusing after the retries: raise (the trial fails). A reply without a message: return it (unparsed).
+    """
+    import openai
+
+    client = _client(cfg.url, os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else "", cfg.timeout)
+    messages = [{"role": "user", "content": content}]
     try:
-        with urllib.request.urlopen(req, timeout=cfg.timeout) as resp:
-            text = resp.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as e:
+        reply = client.chat.completions.create(model=cfg.name, messages=messages, temperature=0, max_tokens=cfg.max_new_tokens)
+    except openai.APIStatusError as e:
         raise RuntimeError(
-            f"judge endpoint {redact(url)} answered HTTP {e.code} ({e.reason}); check evaluate.judge.url, name and the key in ${cfg.api_key_env or '-'}"
+            f"judge endpoint {redact(str(client.base_url))} answered HTTP {e.status_code}; "
+            f"check evaluate.judge.url, name and the key in ${cfg.api_key_env or '-'}"
         ) from None
-    except (urllib.error.URLError, TimeoutError, OSError) as e:
+    except openai.APIConnectionError as e:  # also timeouts
         raise RuntimeError(
-            f"judge endpoint {redact(url)} is unreachable ({getattr(e, 'reason', e)}); start it or fix evaluate.judge.url"
+            f"judge endpoint {redact(str(client.base_url))} is unreachable ({redact(str(e.__cause__ or e))}); "
+            "start it or fix evaluate.judge.url"
         ) from None
     try:
-        return json.loads(text)["choices"][0]["message"]["content"] or ""
-    except (ValueError, KeyError, IndexError, TypeError):
-        return text[:500]  # not an OpenAI-shaped reply: keep it, it counts as unparsed
+        return reply.choices[0].message.content or ""
+    except (AttributeError, IndexError, TypeError):
+        return str(reply)[:500]  # not an OpenAI-shaped reply: keep it, it counts as unparsed
+
+
+@functools.cache
+def _client(url: str, key: str, timeout: float):
+    import openai
+
+    base = url.rstrip("/").removesuffix("/chat/completions")
+    # api_key must not be empty for the client; "-" stands for "no key" on servers that need none.
+    return openai.OpenAI(base_url=base, api_key=key or "-", timeout=timeout, max_retries=3)
 
 
 @functools.cache
