@@ -43,7 +43,8 @@ def test_defaults_full_fine_tuning_and_padding_free_keep_the_eval_loss(afina_cac
     import run
 
     full = run.main(["defaults", "--quick", "--steps", "2", "--method", "full"])["defaults"]
-    assert full["device_defaults"]["gradient_checkpointing"] is False
+    defaults = full["device_defaults"]  # the name depends on the transformers release (renamed to activation_checkpointing)
+    assert defaults.get("activation_checkpointing", defaults.get("gradient_checkpointing")) is False
     assert full["relative_diff"] < 1e-6 and full["ratio_tokens_per_s"] > 0
     free = run.main(["defaults", "--quick", "--steps", "2", "--padding-free"])["defaults"]
     assert free["shape"]["train"] == {"padding_free": True}

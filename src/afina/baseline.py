@@ -99,7 +99,7 @@ def _eval_loss(spec: Spec, model, tok, prepared: data.Prepared) -> float:
 
     fixed = {k: v for k, v in spec.train.items() if k not in ("eval_steps", "save_steps", "logging_steps")}
     with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(output_dir=tmp, report_to="none", disable_tqdm=True, **{**device.device_defaults(), **fixed})
+        args = SFTConfig(output_dir=tmp, report_to="none", disable_tqdm=True, **{**device.device_defaults(fixed), **fixed})
         ds = data.to_dataset(prepared.eval)
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, eval_dataset=ds, processing_class=tok)
         for cb in (PrinterCallback, ProgressCallback):

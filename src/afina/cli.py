@@ -14,7 +14,7 @@ from afina.tracking import ARTIFACT_ROOT, MLFLOW_URI  # light: no MLflow import
 
 # rich_markup_mode=None: plain click help, so `afina --help` never imports rich (a third of its start-up)
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion: adds only shellingham (~0.3 ms) to --help
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -22,8 +22,20 @@ app = typer.Typer(
 )
 
 SpecArg = Annotated[Path, typer.Argument(help="Experiment spec (YAML), e.g. experiments/quickstart.yaml")]
-StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (overrides the spec and AFINA_OPTUNA_STORAGE)")]
-TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (overrides the spec and AFINA_TRACKING_URI)")]
+# Precedence: the flag, then AFINA_*, then MLflow's own variable, then the spec (click reads the variables in this order).
+StorageOpt = Annotated[
+    str | None,
+    typer.Option("--storage", envvar="AFINA_OPTUNA_STORAGE", help="Optuna storage URL (default: the spec's tracking.optuna_storage)"),
+]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        envvar=["AFINA_TRACKING_URI", "MLFLOW_TRACKING_URI"],
+        help="MLflow tracking URI (default: the spec's tracking.mlflow_uri, else sqlite:///mlruns/mlflow.db)",
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of the table (for scripts and CI)")]
 
 
 def _offline_defaults() -> None:
@@ -44,15 +56,32 @@ def _spec(path: Path, storage: str | None = None, tracking_uri: str | None = Non
     from afina import spec as spec_mod
 
     spec = spec_mod.load(path)
-    spec.tracking.optuna_storage = storage or os.environ.get("AFINA_OPTUNA_STORAGE") or spec.tracking.optuna_storage
-    spec.tracking.mlflow_uri = tracking_uri or os.environ.get("AFINA_TRACKING_URI") or spec.tracking.mlflow_uri
+    spec.tracking.optuna_storage = storage or spec.tracking.optuna_storage  # the options read their variables
+    spec.tracking.mlflow_uri = tracking_uri or spec.tracking.mlflow_uri
     return spec
 
 
-def _console():
+def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console()
+    return Console(stderr=stderr)
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show warnings and logs of transformers, TRL, PEFT, MLflow, Optuna")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; only results and errors")] = False,
+):
+    if verbose and quiet:
+        raise UserError("--verbose and --quiet exclude each other; pick one")
+    os.environ["AFINA_VERBOSITY"] = "verbose" if verbose else "quiet" if quiet else "normal"  # worker ranks inherit it
+    if verbose:
+        import warnings
+
+        os.environ["TRANSFORMERS_VERBOSITY"] = "warning"  # read when transformers is first imported, after this
+        warnings.simplefilter("default")  # each warning once per place, deprecations included
 
 
 @app.command()
@@ -66,6 +95,7 @@ def sweep(
     """Run the spec's sweep, or resume it up to search.n_trials trials in total."""
     from afina import sweep as sweep_mod
 
+    progress = progress and os.environ.get("AFINA_VERBOSITY") != "quiet"
     s = _spec(spec, storage, tracking_uri)
     if n_trials is not None:
         if n_trials < 1:
@@ -75,11 +105,11 @@ def sweep(
 
 
 @app.command()
-def status(spec: SpecArg, storage: StorageOpt = None):
+def status(spec: SpecArg, storage: StorageOpt = None, as_json: JsonFlag = False):
     """Leaderboard of the spec's study: state, objective, params, duration, MLflow run."""
     from afina import status as status_mod
 
-    status_mod.run(_spec(spec, storage), _console())
+    status_mod.run(_spec(spec, storage), _console(), as_json)
 
 
 @app.command()
@@ -135,7 +165,7 @@ ModelUriArg = Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NA
 
 
 def _tracking_uri(uri: str | None) -> str:
-    return uri or os.environ.get("AFINA_TRACKING_URI") or MLFLOW_URI
+    return uri or MLFLOW_URI
 
 
 @app.command()
@@ -211,13 +241,19 @@ def rollback(
 @app.command()
 def check(
     spec: SpecArg,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here")] = None,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", help="Also write the report as JSON to this file; `-` prints it on stdout (the table goes to stderr)"),
+    ] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write the report as markdown here")] = None,
 ):
     """Check the spec's data before training: schema, duplicates, leakage, lengths, slices. Exit 2 on errors."""
     from afina import check as check_mod
 
-    report = check_mod.run(_spec(spec), _console(), json_path, markdown)
+    stdout = str(json_path) == "-"
+    report = check_mod.run(_spec(spec), _console(stderr=stdout), None if stdout else json_path, markdown)
+    if stdout:
+        typer.echo(report.to_json())
     if report.errors:
         raise typer.Exit(2)
 
@@ -254,11 +290,11 @@ def server(
 
 
 @app.command()
-def sync(spec: SpecArg, tracking_uri: TrackingOpt = None):
+def sync(spec: SpecArg, storage: StorageOpt = None, tracking_uri: TrackingOpt = None):
     """Send the MLflow records a sweep kept locally while the tracking server was unreachable."""
     from afina import sync as sync_mod
 
-    typer.echo(sync_mod.run(_spec(spec, None, tracking_uri)))
+    typer.echo(sync_mod.run(_spec(spec, storage, tracking_uri)))
 
 
 def _cli_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:

@@ -518,21 +518,33 @@ def tokenized(prepared: Prepared, tok, tok_print: str, args, cache_root: Path) -
     return _TOKENS[key]
 
 
-def _tokenize(prepared: Prepared, tok, args, max_length):
-    import copy
-    from types import SimpleNamespace
+def _tokenize(prepared: Prepared, tok, args, max_length, completion_only: bool = False):
+    """SFTTrainer's preparation of every unique row, through the tokenizer's public chat-template API.
 
+    As TRL does: the chat template, labels = input_ids (the prompt masked with -100 when completion_only,
+    the completion being the last message), cut to max_length by truncation_mode, fully masked rows left
+    out. tests/test_contracts.py holds this to a real SFTTrainer's preparation of the same rows.
+    """
     import datasets
-    from trl import SFTTrainer
 
     unique = {r.key: r.messages for rows in [*prepared.slices.values(), prepared.eval] for r in rows}
-    raw = datasets.Dataset.from_dict({"key": list(unique), "messages": list(unique.values())})
-    # SFTTrainer's own preparation (chat template, labels, truncation), run without building a trainer.
-    trainer = SimpleNamespace(_tokenizer=tok, chat_template=None, completion_only_loss=False)
-    opts = copy.copy(args)  # the trial's settings; rows stay in order, whole, one per row
-    opts.max_length, opts.assistant_only_loss, opts.shuffle_dataset = max_length, False, False
-    ds = SFTTrainer._prepare_dataset(trainer, raw, tok, opts, False, None, "afina")
-    return ds.select_columns(["key", "input_ids", "labels"])
+    cut = slice(None, max_length) if args.truncation_mode == "keep_start" else slice(-max_length if max_length else None, None)
+    out: dict[str, list] = {"key": [], "input_ids": [], "labels": []}
+    for key, messages in unique.items():
+        ids = list(tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+        masked = 0
+        if completion_only and len(messages) > 1:  # where the prompt alone (with the generation prompt) stops matching the whole chat
+            head = tok.apply_chat_template(messages[:-1], tokenize=True, return_dict=True, add_generation_prompt=True)["input_ids"]
+            masked = next((i for i, (a, b) in enumerate(zip(head, ids, strict=False)) if a != b), min(len(head), len(ids)))
+        labels = [-100] * masked + ids[masked:]
+        if max_length is not None:
+            ids, labels = ids[cut], labels[cut]
+            if all(x == -100 for x in labels):
+                continue
+        out["key"].append(key)
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+    return datasets.Dataset.from_dict(out)
 
 
 def to_tokenized_dataset(rows: list[Row], table: dict[str, tuple[list[int], list[int]]]):

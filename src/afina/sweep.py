@@ -89,7 +89,8 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
         ),
     )
     c = study_mod.client(spec)
-    with _exclusive(study):  # workers starting together share one experiment, parent run and requeue
+    # workers starting together share one experiment, parent run and requeue
+    with _exclusive(spec.tracking.optuna_storage, study.study_name):
         experiment_id = tracking.experiment(c, spec.experiment, spec.tracking.artifact_root, spec.tracking.mlflow_uri)
         parent_id = tracking.parent_run(c, experiment_id, study, spec, spec_path)
         tracking.log_params(
@@ -292,18 +293,20 @@ def _surplus(study, t, n: int) -> bool:
 
 
 @contextlib.contextmanager
-def _exclusive(study):
-    """A PostgreSQL advisory lock on the study's name, held by one worker at a time (no-op elsewhere)."""
+def _exclusive(url: str, name: str):
+    """A PostgreSQL advisory lock on the study's name, held by one worker at a time (no-op elsewhere).
+
+    Its own connection to the study's database, not Optuna's (whose engine is private).
+    """
     import hashlib
 
     import sqlalchemy
 
-    store = getattr(study._storage, "_backend", study._storage)
-    engine = getattr(store, "engine", None)
-    if engine is None or engine.dialect.name != "postgresql":
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    if engine.dialect.name != "postgresql":
         yield
         return
-    key = int.from_bytes(hashlib.sha256(study.study_name.encode()).digest()[:7], "big")
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:7], "big")
     with engine.connect() as conn:
         conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
         conn.commit()

