@@ -120,7 +120,8 @@ def fetched(uri: str, tracking_uri: str | None = None) -> Iterator[Path]:
         except (MlflowException, OSError) as e:
             first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise UserError(
-                f"{uri}: not found in the registry ({first}); check the name, version or alias (`afina rollback` and the MLflow UI list them)"
+                f"{uri}: not found in the registry ({first}); "
+                "check the name, version or alias (`afina rollback` and the MLflow UI list them)"
             ) from None
         if not _is_model_dir(path):
             raise UserError(f"{uri}: the artifact is not an afina model folder; register models with `afina promote`")

@@ -60,7 +60,8 @@ def parse(entries: list, base_dir: Path | str = ".") -> list[Metric]:
             if entry not in PLAIN:
                 near = hint(entry, PLAIN | WITH_ARG)
                 raise ValueError(
-                    f"{where}: unknown metric {entry!r}{near}; known: {', '.join(sorted(PLAIN))}, or {{contains|not_contains|regex|custom: ...}}"
+                    f"{where}: unknown metric {entry!r}{near}; "
+                    f"known: {', '.join(sorted(PLAIN))}, or {{contains|not_contains|regex|custom: ...}}"
                 )
             out.append(Metric(entry, entry))
             continue

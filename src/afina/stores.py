@@ -101,7 +101,8 @@ def probe_sql(url: str, what: str) -> None:
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as e:
         msg = str(getattr(e, "orig", None) or e).strip().splitlines()
         raise UserError(
-            f"{where} is unusable ({tracking.redact(msg[0] if msg else type(e).__name__)[:200]}); check the host, port, database and credentials"
+            f"{where} is unusable ({tracking.redact(msg[0] if msg else type(e).__name__)[:200]}); "
+            "check the host, port, database and credentials"
         ) from None
 
 

@@ -92,7 +92,8 @@ def storage(url: str, heartbeat: int | None = None, read_only: bool = False):
                 time.sleep(1 + attempt)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, ValueError) as e:
         raise UserError(
-            f"tracking.optuna_storage {tracking.redact(url)!r} is unusable ({str(e).splitlines()[0][:160]}); check the URL, server and credentials"
+            f"tracking.optuna_storage {tracking.redact(url)!r} is unusable ({str(e).splitlines()[0][:160]}); "
+            "check the URL, server and credentials"
         ) from None
 
 
@@ -119,7 +120,8 @@ def open(spec: Spec, create: bool = False, first_eval: int | None = None) -> opt
     have = [d.name.lower() for d in study.directions]
     if have != spec.search.directions:
         raise UserError(
-            f"study {spec.name!r} exists with directions {have}, the spec asks for {spec.search.directions}; rename the spec or keep its objective"
+            f"study {spec.name!r} exists with directions {have}, the spec asks for {spec.search.directions}; "
+            "rename the spec or keep its objective"
         )
     if study.user_attrs.get("objectives") != spec.search.objectives:
         study.set_user_attr("objectives", spec.search.objectives)
