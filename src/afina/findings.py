@@ -47,7 +47,8 @@ def lines(summary: dict | None, spec_path: str | None = None) -> list[str]:
             )
             out.append(
                 f"Predicted best mixture (RegMix; {mix['model']}, n={mix['n']}): {shown}; predicted "
-                f"{summary.get('objective', 'objective')} {mix['predicted']:.4g} vs {mix['predicted_at_best_trial']:.4g} at the best trial's mixture"
+                f"{summary.get('objective', 'objective')} {mix['predicted']:.4g} "
+                f"vs {mix['predicted_at_best_trial']:.4g} at the best trial's mixture"
             )
         else:
             out.append(f"Predicted best mixture: too few trials (n={mix['n']}, need {mix['need']})")

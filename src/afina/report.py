@@ -183,7 +183,8 @@ def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict]
         parts.append(
             "<h2>Plots</h2><div class='pics'>"
             + "".join(
-                f"<figure><img alt='{html.escape(plots.caption(p.stem, names))}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+                f"<figure><img alt='{html.escape(plots.caption(p.stem, names))}' "
+                f"src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
                 f"<figcaption>{html.escape(plots.caption(p.stem, names))}</figcaption></figure>"
                 for p in pngs
             )

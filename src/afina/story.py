@@ -82,9 +82,8 @@ def sweep_note(spec, study, experiment_id: str, spec_path: str, data_verdict: st
     base = study.user_attrs.get("baseline") or {}
     if len(study.directions) > 1:
         front = _front(study)
-        lines.append(
-            f"Pareto front: {', '.join(run_link(experiment_id, study_mod.run_id(t, study), f'trial {t.number}') for t in front) or 'none yet'}"
-        )
+        links = ", ".join(run_link(experiment_id, study_mod.run_id(t, study), f"trial {t.number}") for t in front)
+        lines.append(f"Pareto front: {links or 'none yet'}")
     else:
         best = _best(study)
         if best is None:
@@ -196,7 +195,8 @@ def promotion_note(gate: dict[str, str], n_rows: int, trial_number: int, experim
     )
     return "\n\n".join(
         [
-            f"**Gate: {decision}** · {gate['afina.gate.metric']} on {n_rows} promotion rows (set `{gate['afina.gate.set_fingerprint']}`), lower is better",
+            f"**Gate: {decision}** · {gate['afina.gate.metric']} on {n_rows} promotion rows "
+            f"(set `{gate['afina.gate.set_fingerprint']}`), lower is better",
             f"Candidate: {run_link(experiment_id, candidate_run, f'trial {trial_number}')} scored {gate['afina.gate.score']} · {replaced}",
         ]
     )
@@ -212,7 +212,8 @@ def version_note(
         [
             f"**Gate: {gate['afina.gate.decision']}** · {gate['afina.gate.metric']} {gate['afina.gate.score']} vs champion "
             f"{gate['afina.gate.champion_score']}, lower is better ({run_link(experiment_id, promo_id, 'promotion run')})",
-            f"**{name} v{version}**: {what} over `{meta.get('base', '?')}`, from {run_link(experiment_id, run_id, f'trial {trial_number}')} of study `{study_name}`.",
+            f"**{name} v{version}**: {what} over `{meta.get('base', '?')}`, "
+            f"from {run_link(experiment_id, run_id, f'trial {trial_number}')} of study `{study_name}`.",
             "Load it with `afina generate models:/"
             + f"{name}/{version} \"...\"` or `mlflow.pyfunc.load_model('models:/{name}/{version}')`.",
         ]
