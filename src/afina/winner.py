@@ -54,7 +54,8 @@ def pick(study: optuna.Study, spec: Spec, number: int | None = None):
     index = objective_index(study, spec)
     if index is None:
         raise UserError(
-            f"study {study.study_name!r} has objectives {study_mod.objectives(study)}; set promote.objective or run `afina refit SPEC --trial N`"
+            f"study {study.study_name!r} has objectives {study_mod.objectives(study)}; "
+            "set promote.objective or run `afina refit SPEC --trial N`"
         )
     best = study_mod.best(study, index)
     if best is None:
