@@ -7,6 +7,7 @@
     python bench/run.py cli                                   # `afina --help`, `afina status` on 200 trials
     python bench/run.py memory --model smollm2-135m           # peak RSS of a trial, RSS across trials
     python bench/run.py defaults --model tiny-random          # device defaults: eval loss vs the plain setup
+    python bench/run.py answers --model smollm2-135m --steps 16   # answer-only vs all-token loss: ROUGE-L, chrF, answer NLL
     python bench/run.py all --quick --json out.json           # everything, tiny sizes (the CI smoke)
 
 A and B always run interleaved in one process (A B A B ...), after an unrecorded warm-up pair,
@@ -237,6 +238,15 @@ def defaults(a) -> dict:
     return out
 
 
+def answers(a) -> dict:
+    """Both shipped specs (or --spec), answer-only vs all-token loss at equal steps (bench/answers.py)."""
+    import answers as answers_mod
+
+    names = ["quickstart.yaml"] if a.quick else ["quickstart.yaml", "customer_support.yaml"]
+    specs = [Path(a.spec)] if a.spec else [common.ROOT / "experiments" / n for n in names]
+    return {p.stem: answers_mod.compare(p, a.model, a.steps, a.lr) for p in specs}
+
+
 COMMANDS = {
     "overhead": overhead,
     "fixed": fixed,
@@ -245,6 +255,7 @@ COMMANDS = {
     "cli": cli,
     "memory": memory,
     "defaults": defaults,
+    "answers": answers,
 }
 
 
@@ -266,6 +277,7 @@ def main(argv=None) -> dict:
     p.add_argument("--trials", type=int, default=None, help="trials (memory, search) or study size (cli)")
     p.add_argument("--seeds", type=int, default=None, help="search: seeds")
     p.add_argument("--every", type=int, default=None, help="search: steps between evaluations (of 12; default 1)")
+    p.add_argument("--spec", default=None, help="answers: one spec file (default: quickstart and customer_support)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the harness")
     p.add_argument("--json", type=Path, help="write the results here")
     a = p.parse_args(argv)
@@ -286,6 +298,7 @@ def main(argv=None) -> dict:
             quick=a.quick,
             lr=a.lr,
             every=a.every,
+            spec=a.spec,
             shape={
                 "method": a.method,
                 "batch": a.batch,

@@ -1,9 +1,16 @@
 """Load data sources, map their columns onto chat rows, cut slices and mix them per trial.
 
-Every training and eval row becomes `{"messages": [...]}`, the one shape TRL's SFTTrainer
-receives: prompt/completion pairs become a user and an assistant turn, plain text becomes an
-assistant turn (that is what a style slice teaches: to answer like that). Each row remembers
-where it came from (`origin`, "file:row", row = record number in the file) so checks can point at it.
+Every training and eval row becomes a chat (`messages`): prompt/completion pairs become a user
+and an assistant turn, plain text becomes an assistant turn (that is what a style slice teaches:
+to answer like that). Each row remembers where it came from (`origin`, "file:row", row = record
+number in the file) so checks can point at it.
+
+What is trained on (`answer`): a chat whose last turn answers something reaches TRL as
+conversational prompt/completion (prompt = every turn before the last assistant turn, earlier
+answers included, as context; completion = that last turn), so the loss covers the answer only.
+A row that answers nothing (a style slice's text, with or without a system prompt) stays a
+language-modelling row, trained on all its tokens. `train.completion_only_loss: false` trains
+every row on all its tokens.
 """
 
 from __future__ import annotations
@@ -313,7 +320,7 @@ def prepare(spec: Spec, collect: bool = False) -> Prepared:
         eval_rows = load_rows(spec, ev.path, "eval", ev.format, ev.columns, ev.system, None, cache, issues if collect else None)
     else:
         eval_rows = []
-        for name in sorted(ev.slices or slices):
+        for name in spec.eval_slices:  # never a slice the search varies, unless the spec names it
             rng = random.Random(f"{spec.data.seed}:{name}")
             rows = slices[name][:]
             rng.shuffle(rows)
@@ -371,7 +378,24 @@ def mix(prepared: Prepared, choices: dict[str, dict[str, Any]], seed: int) -> tu
     return out, counts
 
 
+def answer(messages: list[dict[str, str]]) -> tuple[list[dict], list[dict]] | None:
+    """(prompt, completion) of a chat whose last turn is an assistant's answer to something, else
+    None (nothing was asked: a language-modelling row). The trials' eval loss and promote's
+    answer_nll both score the completion of exactly this split."""
+    if len(messages) < 2 or messages[-1]["role"] != "assistant" or all(m["role"] == "system" for m in messages[:-1]):
+        return None
+    return messages[:-1], messages[-1:]
+
+
+def answer_only(train) -> bool:
+    """TRL's own switch (an SFTConfig or the spec's train section): completion_only_loss None (its
+    default) or true scores answers only; false scores every token."""
+    value = train.get("completion_only_loss") if isinstance(train, dict) else getattr(train, "completion_only_loss", None)
+    return value is not False
+
+
 def to_dataset(rows: list[Row]):
+    """Raw chats, for TRL to prepare itself (assistant-only loss, custom preparation)."""
     import datasets
 
     return datasets.Dataset.from_list([{"messages": r.messages} for r in rows])
@@ -380,13 +404,17 @@ def to_dataset(rows: list[Row]):
 _TOKENS: dict[str, dict[str, tuple[list[int], list[int]]]] = {}  # this worker's tokenized rows, by cache key
 
 
-def tokenized(prepared: Prepared, tok, tok_print: str, args, cache_root: Path) -> dict[str, tuple[list[int], list[int]]] | None:
+def tokenized(
+    prepared: Prepared, tok, tok_print: str, args, cache_root: Path, reuse: bool = True
+) -> dict[str, tuple[list[int], list[int]]] | None:
     """{row key: (input_ids, labels)} for every slice and eval row, made once by TRL's own preparation.
 
     Kept in memory for the worker and on disk under `cache_root` for later runs, keyed by the
-    data's prints, the tokenizer's print and the settings that change tokens. Trials then pass
-    pre-tokenized rows, which SFTTrainer takes as they are. None where TRL must see raw rows
-    (assistant-only loss swaps the chat template; a custom preparation opts out).
+    data's prints, the tokenizer's print and the settings that change tokens or labels
+    (max_length, truncation, completion_only_loss). Trials then pass pre-tokenized rows, which
+    SFTTrainer takes as they are. reuse=False tokenizes from scratch and keeps nothing (benchmarks).
+    None where TRL must see raw rows (assistant-only loss swaps the chat template; a custom
+    preparation opts out).
     """
     if args.assistant_only_loss or (args.dataset_kwargs or {}).get("skip_prepare_dataset"):
         return None
@@ -394,7 +422,10 @@ def tokenized(prepared: Prepared, tok, tok_print: str, args, cache_root: Path) -
     import trl
 
     max_length = None if args.packing else args.max_length  # packing cuts sequences itself, after this
-    settings = [trl.__version__, tok_print, max_length, args.truncation_mode, sorted(prepared.fingerprints.items())]
+    if not reuse:
+        ds = _tokenize(prepared, tok, args, max_length)
+        return dict(zip(ds["key"], zip(ds["input_ids"], ds["labels"], strict=True), strict=True))
+    settings = [trl.__version__, tok_print, max_length, args.truncation_mode, answer_only(args), sorted(prepared.fingerprints.items())]
     key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:20]
     if key in _TOKENS:
         return _TOKENS[key]
@@ -416,6 +447,12 @@ def tokenized(prepared: Prepared, tok, tok_print: str, args, cache_root: Path) -
 
 
 def _tokenize(prepared: Prepared, tok, args, max_length):
+    """Every unique row through SFTTrainer's own preparation (chat template, labels, truncation).
+
+    Answers go as conversational prompt/completion, so TRL masks the prompt with any chat
+    template; rows that answer nothing go as chats, all tokens. The two shapes are prepared apart
+    (a dataset has one shape) and joined by row key.
+    """
     import copy
     from types import SimpleNamespace
 
@@ -423,13 +460,27 @@ def _tokenize(prepared: Prepared, tok, args, max_length):
     from trl import SFTTrainer
 
     unique = {r.key: r.messages for rows in [*prepared.slices.values(), prepared.eval] for r in rows}
-    raw = datasets.Dataset.from_dict({"key": list(unique), "messages": list(unique.values())})
-    # SFTTrainer's own preparation (chat template, labels, truncation), run without building a trainer.
-    trainer = SimpleNamespace(_tokenizer=tok, chat_template=None, completion_only_loss=False)
+    split = {k: answer(m) for k, m in unique.items()}
+    shapes = [
+        {
+            "key": [k for k in unique if split[k]],
+            "prompt": [p[0] for p in split.values() if p],
+            "completion": [p[1] for p in split.values() if p],
+        },
+        {"key": [k for k in unique if not split[k]], "messages": [m for k, m in unique.items() if not split[k]]},
+    ]
+    # The preparation is run without building a trainer: this stand-in carries what it reads.
+    trainer = SimpleNamespace(_tokenizer=tok, chat_template=None, completion_only_loss=answer_only(args))
     opts = copy.copy(args)  # the trial's settings; rows stay in order, whole, one per row
     opts.max_length, opts.assistant_only_loss, opts.shuffle_dataset = max_length, False, False
-    ds = SFTTrainer._prepare_dataset(trainer, raw, tok, opts, False, None, "afina")
-    return ds.select_columns(["key", "input_ids", "labels"])
+    parts = [
+        SFTTrainer._prepare_dataset(trainer, datasets.Dataset.from_dict(shape), tok, opts, False, None, "afina").select_columns(
+            ["key", "input_ids", "labels"]
+        )
+        for shape in shapes
+        if shape["key"]
+    ]
+    return datasets.concatenate_datasets(parts)
 
 
 def to_tokenized_dataset(rows: list[Row], table: dict[str, tuple[list[int], list[int]]]):

@@ -179,7 +179,7 @@ def _follow(ctx: TrialContext) -> None:
         while (msg := distributed.share(None)) is not None:
             try:
                 if msg["kind"] == "baseline":
-                    baseline.eval_loss_of_base(ctx.spec, ctx.prepared, ctx.model_dir)
+                    baseline.eval_loss_of_base(ctx)
                 else:
                     ctx.study_name, ctx.directions = msg["study"], msg["directions"]
                     trial.follow(ctx, msg)

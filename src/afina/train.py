@@ -77,9 +77,7 @@ def fit(ctx: TrialContext, trial, job: Job) -> list[float]:
         from peft import LoraConfig
 
         peft_config = LoraConfig(task_type="CAUSAL_LM", **{"target_modules": "all-linear", **lora_kw})
-    train_ds, eval_ds = (
-        _datasets(ctx, rows, tok, args, attn, train_kw) if ctx.reuse else (data.to_dataset(rows), data.to_dataset(prepared.eval))
-    )
+    train_ds, eval_ds = datasets(ctx, rows, tok, args, attn, train_kw)
     watch = Watch(c, run_id, trial, total, job.on_step, ctx.directions, ctx.lead)
     trainer = SFTTrainer(
         model=model,
@@ -126,12 +124,13 @@ def fit(ctx: TrialContext, trial, job: Job) -> list[float]:
     return values
 
 
-def _datasets(ctx: TrialContext, rows: list[data.Row], tok, args, attn: str | None, train_kw: dict):
-    """Pre-tokenized train/eval rows from the worker's token cache (raw rows when TRL must tokenize)."""
+def datasets(ctx: TrialContext, rows: list[data.Row], tok, args, attn: str | None, train_kw: dict):
+    """Pre-tokenized train/eval rows, answer-only unless train.completion_only_loss is false (data.py), from
+    the worker's token cache (raw rows when TRL must tokenize). The base model's eval loss uses it too."""
     prepared = ctx.prepared
-    if ctx.model_print is None:
+    if ctx.reuse and ctx.model_print is None:
         ctx.model_print = models.fingerprint(ctx.model_dir)  # weights + tokenizer files
-    table = data.tokenized(prepared, tok, ctx.model_print, args, models.cache_dir() / "tokens")
+    table = data.tokenized(prepared, tok, ctx.model_print or "", args, models.cache_dir() / "tokens", reuse=ctx.reuse)
     if table is None:
         return data.to_dataset(rows), data.to_dataset(prepared.eval)
     if attn == "flash_attention_2" and not args.packing and "padding_free" not in train_kw:

@@ -21,12 +21,22 @@ class Watch(TrainerCallback):
         self.t0, self.tokens0 = time.perf_counter(), 0
         self.pending: list[tuple[int, int, dict]] = []  # per-step curves, written in batches (one write per ~2 s)
         self.flushed = self.t0
+        self.start = 0  # the step training began at (a resumed trial continues a predecessor's)
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.start = state.global_step
+
+    def spent(self, state) -> None:
+        """Steps this run trained, on its trial (`steps`): the sweep's total compute is their sum (reference.py)."""
+        if self.lead:
+            self.trial.set_user_attr("steps", state.global_step - self.start)
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
         loss = logs.get("loss")
         if loss is not None and not math.isfinite(loss):
             self.flush()
+            self.spent(state)
             raise FloatingPointError(f"training loss became {loss} at step {state.global_step}; lower the learning rate or check the data")
         now, tokens = time.perf_counter(), state.num_input_tokens_seen
         if "loss" in logs and now > self.t0:
@@ -44,6 +54,7 @@ class Watch(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kw):
         self.flush()
+        self.spent(state)
 
     def on_step_end(self, args, state, control, **kw):
         self.stop = distributed.share(stop.STOP.is_set())  # rank 0 decides, so all ranks save the same step
@@ -54,6 +65,7 @@ class Watch(TrainerCallback):
 
     def on_save(self, args, state, control, **kw):
         if self.stop:  # raised here, so Trainer's end-of-training cleanup keeps this checkpoint
+            self.spent(state)
             raise KeyboardInterrupt(f"stopped at step {state.global_step} after saving a checkpoint; `afina sweep` resumes it")
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
@@ -65,6 +77,7 @@ class Watch(TrainerCallback):
         if not math.isfinite(value):
             raise FloatingPointError(f"eval loss became {value} at step {state.global_step}")
         self.last_eval = value
+        self.spent(state)
         if len(self.directions) > 1:
             return  # Optuna cannot prune multi-objective trials
         # The pruner compares in the study's direction; eval loss is the proxy, so flip it for maximize.
