@@ -117,7 +117,14 @@ def search(a) -> dict:
     pruned = {k: v for k, v in res.items() if not k.endswith("+none")}
     best = min(pruned, key=lambda k: (res[k]["median_ratio"], res[k]["median_steps"]))
     limits = search_mod.bounds(seeds=a.seeds, n_trials=a.trials, steps=12, every=every)  # what peer pruning can reach
-    return {"pairs": res, "chosen": best, "bounds": limits, "shape": f"{a.trials} trials, 12 steps, eval every {every}, {a.seeds} seeds"}
+    dupes = search_mod.duplicates(seeds=min(a.seeds, 20), n_trials=12, workers=4)  # what repeated trials cost
+    return {
+        "pairs": res,
+        "chosen": best,
+        "bounds": limits,
+        "duplicates": dupes,
+        "shape": f"{a.trials} trials, 12 steps, eval every {every}, {a.seeds} seeds; duplicates: 4 processes x 12 trials, {min(a.seeds, 20)} seeds",
+    }
 
 
 def cli(a) -> dict:

@@ -257,6 +257,14 @@ class Promote(Strict):
     """Multi-objective studies: the objective that picks the best trial (or pass --trial N)."""
 
 
+class Baseline(Strict):
+    """References besides the untouched base model (evaluated by every sweep)."""
+
+    default_run: bool = False
+    """After the search, train one run with the method's documented defaults (TRL's SFTConfig, afina's LoRA)
+    on the same data for as many steps as all trials together, evaluated like a trial: was the sweep worth it?"""
+
+
 class Spec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Study name, and the default MLflow experiment and registered model name."""
@@ -270,6 +278,7 @@ class Spec(Strict):
     evaluate: Evaluate = Evaluate()
     tracking: Tracking = Tracking()
     promote: Promote = Promote()
+    baseline: Baseline = Baseline()
     base_dir: Path = Field(Path("."), exclude=True)
     """Folder of the spec file; relative data paths resolve against it (not a YAML key)."""
 

@@ -11,7 +11,25 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from afina import audit, baseline, data, distributed, leaderboard, logs, metrics, models, report, schedule, spool, stop, stores, tracking
+from afina import (
+    audit,
+    baseline,
+    data,
+    distinct,
+    distributed,
+    leaderboard,
+    logs,
+    metrics,
+    models,
+    reference,
+    report,
+    schedule,
+    space,
+    spool,
+    stop,
+    stores,
+    tracking,
+)
 from afina import study as study_mod
 from afina.context import TrialContext
 from afina.errors import UserError
@@ -25,7 +43,8 @@ FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
 def finished(study: optuna.Study) -> int:
-    """Trials that used up the budget. A trial that was interrupted, or died and was retried, does not."""
+    """Trials that used up the budget. A trial that was interrupted, died and was retried, or never
+    trained (a duplicate draw, a surplus one), does not."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.system_attrs.get("failed_trial") for t in trials}
     return sum(
@@ -33,7 +52,7 @@ def finished(study: optuna.Study) -> int:
         for t in trials
         if t.state.name in FINISHED
         and t.number not in retried
-        and not (t.state.name == "FAIL" and (t.user_attrs.get("interrupted") or t.user_attrs.get("surplus")))
+        and not (t.state.name == "FAIL" and (t.user_attrs.get("interrupted") or study_mod.skipped(t)))
     )
 
 
@@ -92,6 +111,8 @@ def run(spec: Spec, spec_path: str, console, progress: bool = True):
         )
         audit.log(prepared.report, c, parent_id)  # check/report.json and .md on the parent run
         _requeue_interrupted(study)
+        seed = distinct.stream_seed(study, spec.search.seed)  # this process's own stream: no repeated draws
+        study.sampler = study_mod.sampler(spec.search, seed)
     ctx = TrialContext(spec, prepared, model_dir, study.study_name, spec.search.directions, c, experiment_id, parent_id, prompts)
     baseline.run(ctx, study, console)  # once per study: the base model is every leaderboard's reference
     done = finished(study)
@@ -117,13 +138,17 @@ def run(spec: Spec, spec_path: str, console, progress: bool = True):
         if spec.search.heartbeat and _surplus(study, t, spec.search.n_trials):
             t.set_user_attr("surplus", True)  # another worker took the last place at the same moment
             raise RuntimeError("surplus: the budget is already taken by other workers")
+        distinct.check(study, t, space.suggest(t, spec.search.space))  # a repeated draw is skipped, untrained
         bar.update(steps_task, description=f"trial {t.number}", completed=0, visible=True)
         return trial.run(ctx, t, on_step)
+
+    streak = [0]  # duplicate draws in a row
 
     def after(study, frozen) -> None:
         c.flush()  # MLflow records kept during an outage go out once the server answers
         study_mod.record_run_ids(study, c.ids)
-        if frozen.user_attrs.get("surplus"):
+        streak[0] = streak[0] + 1 if study_mod.DUPLICATE in frozen.user_attrs else 0
+        if study_mod.skipped(frozen):
             return
         if frozen.state.name in ("FAIL", "PRUNED"):
             why = frozen.user_attrs.get("fail_reason") or frozen.user_attrs.get("prune_reason") or ""
@@ -138,10 +163,18 @@ def run(spec: Spec, spec_path: str, console, progress: bool = True):
     interrupted = False
     restore = stop.install_stop()  # first Ctrl-C/SIGTERM: checkpoint and stop; second: stop now
     try:
+        why = None
         with bar:
-            if remaining > 0:
-                _work(study, objective, after, spec)
+            if remaining > 0 and (why := _work(study, objective, after, spec, streak, seed)):
+                console.print(why)
         interrupted = stop.STOP.is_set()
+        if not interrupted and (why or finished(study) >= spec.search.n_trials):  # the search has ended
+            reference.record_spent(study)
+            if distributed.active() and spec.baseline.default_run:
+                console.print("the default-run reference is not trained under torchrun; run `afina sweep` in one process to add it")
+            else:
+                reference.run(ctx, study, console)
+            interrupted = stop.STOP.is_set()
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -191,12 +224,14 @@ def _follow(ctx: TrialContext) -> None:
         restore()
 
 
-def _work(study: optuna.Study, objective, after, spec: Spec) -> None:
-    """Take trials until the study holds n_trials, as one of possibly many workers.
+def _work(study: optuna.Study, objective, after, spec: Spec, streak: list[int], seed: int) -> str | None:
+    """Take trials until the study holds n_trials, as one of possibly many workers; returns why it
+    stopped early, if it did.
 
     A trial starts only while finished + running trials leave room for it, so workers do not
     overshoot the budget. With no room, a worker waits while others run: one of them may die, and its
-    retry (queued by Optuna's heartbeat check, which this wait runs) needs a taker.
+    retry (queued by Optuna's heartbeat check, which this wait runs) needs a taker. When the sampler
+    keeps repeating itself, an untried set of a finite space is queued by hand (distinct.py).
     """
     import warnings
 
@@ -207,7 +242,15 @@ def _work(study: optuna.Study, objective, after, spec: Spec) -> None:
     while not stop.STOP.is_set() and finished(study) < n:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
-            return
+            return None
+        if why := distinct.exhausted(study, spec.search.space):
+            return why
+        if streak[0] >= distinct.PATIENCE:
+            if distinct.size(spec.search.space) is None:
+                return f"the sampler drew {streak[0]} already-tried parameter sets in a row; widen search.space or change the sampler"
+            if (untried := distinct.untried(study, spec.search.space, seed + len(study.trials))) is not None:
+                study.enqueue_trial(untried, user_attrs={"untried_pick": True})
+            streak[0] = 0
         # WAITING trials (enqueued, requeued, retries) are not counted: optimize() takes them first.
         live = sum(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False)) if beat else 0
         if finished(study) + live < n:
@@ -217,6 +260,7 @@ def _work(study: optuna.Study, objective, after, spec: Spec) -> None:
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(study)
         time.sleep(min(beat, 5))
+    return None
 
 
 def _surplus(study, t, n: int) -> bool:
