@@ -47,7 +47,8 @@ def test_labels_mask_prompts_keep_text_rows_whole_and_the_cache_keys_on_the_sett
         {"role": "user", "content": "¿y el envío?"},
         {"role": "assistant", "content": "segunda respuesta"},
     ]
-    jsonl(project / "chats.jsonl", [{"messages": multi}, {"prompt": "¿tenéis tallas?", "completion": "Sí, de la XS a la XXL."}])
+    jsonl(project / "chats.jsonl", [{"messages": multi}])
+    jsonl(project / "pairs.jsonl", [{"prompt": "¿tenéis tallas?", "completion": "Sí, de la XS a la XXL."}])
     jsonl(project / "style.jsonl", [{"text": "El mar guarda cada palabra."}])
     jsonl(project / "eval.jsonl", _chats(2, 1))
     spec = spec_mod.load(
@@ -55,9 +56,14 @@ def test_labels_mask_prompts_keep_text_rows_whole_and_the_cache_keys_on_the_sett
             project,
             tiny_spec(
                 data={
-                    "slices": {"chats": {"path": "chats.jsonl"}, "style": {"path": "style.jsonl", "system": "Escribe bonito."}},
+                    "slices": {
+                        "chats": {"path": "chats.jsonl"},
+                        "pairs": {"path": "pairs.jsonl"},
+                        "style": {"path": "style.jsonl", "system": "Escribe bonito."},
+                    },
                     "eval": {"path": "eval.jsonl"},
-                }
+                },
+                search={"space": {"train.learning_rate": {"float": [1e-4, 1e-2], "log": True}}},
             ),
         )
     )
@@ -68,7 +74,7 @@ def test_labels_mask_prompts_keep_text_rows_whole_and_the_cache_keys_on_the_sett
     for flag in (None, False):
         args = SFTConfig(output_dir=str(project / "o"), report_to="none", use_cpu=True, max_length=256, completion_only_loss=flag)
         tables[flag] = data.tokenized(prepared, tok, "tiny", args, cache)
-    chat, pair = prepared.slices["chats"]
+    [chat], [pair] = prepared.slices["chats"], prepared.slices["pairs"]
     [style] = prepared.slices["style"]
 
     answers = tables[None]
