@@ -45,7 +45,7 @@ def compare(spec_path: Path, model: str, steps: int, lr: float) -> dict:
     for mode, flag in MODES.items():
         spec = spec_mod.load(spec_path)
         spec.model.ref = model
-        spec.train = {k: v for k, v in spec.train.items() if k != "eval_steps"} | {"max_steps": steps, "completion_only_loss": flag}
+        spec.train = spec.train | {"max_steps": steps, "eval_steps": max(1, steps // 2), "completion_only_loss": flag}
         spec.search.space = {"train.learning_rate": spec.search.space["train.learning_rate"]}
         spec.search.pruner, spec.search.pruner_args, spec.search.heartbeat = "none", {}, None
         spec.evaluate.metrics = ["rougeL", "chrf", "length"]
