@@ -84,3 +84,36 @@ def compare(spec_path: Path, model: str, steps: int, lr: float) -> dict:
         }
         out["n_prompts"], out["n_eval_rows"], out["rows_train"] = len(prompts), len(prepared.eval), sum(map(len, prepared.slices.values()))
     return out
+
+
+def from_sweeps(spec_path: Path, folders: list[Path]) -> dict:
+    """Figures of finished sweeps of one spec, run in `folders` (e.g. before and after a change, same
+    seed, so the same trial numbers have the same params): per trial its objective, generation metrics
+    and the answer NLL of its kept checkpoint on the eval set."""
+    import optuna
+
+    from afina import compare as compare_mod
+    from afina import data, gate, tracking
+    from afina import spec as spec_mod
+
+    spec = spec_mod.load(spec_path)
+    rows = data.prepare(spec).eval
+    out: dict = {"n_eval_rows": len(rows)}
+    for folder in folders:
+        study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{folder}/mlruns/optuna.db")
+        c = tracking.client(f"sqlite:///{folder}/mlruns/mlflow.db")
+        trials = {}
+        for t in study.get_trials():
+            if t.state.name != "COMPLETE":
+                trials[t.number] = {"state": t.state.name, "params": t.params}
+                continue
+            model, tok = compare_mod._load(spec, c, f"trial {t.number}", t.user_attrs["mlflow_run_id"])
+            res = t.user_attrs.get("results", {})
+            trials[t.number] = {
+                "params": t.params,
+                "objective_eval_loss": t.value,
+                "answer_nll": gate.answer_nll(model, tok, rows),
+                **{k: res.get(k) for k in ("rougeL", "chrf", "length")},
+            }
+        out[str(folder)] = {"baseline": study.user_attrs.get("baseline"), "trials": trials}
+    return out

@@ -249,6 +249,8 @@ def answers(a) -> dict:
     """Both shipped specs (or --spec), answer-only vs all-token loss at equal steps (bench/answers.py)."""
     import answers as answers_mod
 
+    if a.sweeps:  # figures of finished sweeps (e.g. before/after a change) instead of new runs
+        return answers_mod.from_sweeps(Path(a.spec or common.ROOT / "experiments" / "quickstart.yaml"), [Path(f) for f in a.sweeps])
     names = ["quickstart.yaml"] if a.quick else ["quickstart.yaml", "customer_support.yaml"]
     specs = [Path(a.spec)] if a.spec else [common.ROOT / "experiments" / n for n in names]
     return {p.stem: answers_mod.compare(p, a.model, a.steps, a.lr) for p in specs}
@@ -284,6 +286,7 @@ def main(argv=None) -> dict:
     p.add_argument("--trials", type=int, default=None, help="trials (memory, search) or study size (cli)")
     p.add_argument("--seeds", type=int, default=None, help="search: seeds")
     p.add_argument("--every", type=int, default=None, help="search: steps between evaluations (of 12; default 1)")
+    p.add_argument("--sweeps", nargs="*", default=None, help="answers: folders of finished sweeps of --spec to score instead")
     p.add_argument("--spec", default=None, help="answers: one spec file (default: quickstart and customer_support)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the harness")
     p.add_argument("--json", type=Path, help="write the results here")
@@ -306,6 +309,7 @@ def main(argv=None) -> dict:
             lr=a.lr,
             every=a.every,
             spec=a.spec,
+            sweeps=a.sweeps,
             shape={
                 "method": a.method,
                 "batch": a.batch,

@@ -7,6 +7,7 @@ answer_nll is computed from the trials' logged checkpoints.
 from __future__ import annotations
 
 import random
+import string
 
 import optuna
 import pytest
@@ -21,11 +22,14 @@ ANSWER = "vale, gracias"
 def _chats(n: int, seed: int) -> list[dict]:
     """Random prompts, always the same short answer: learnable only where the answer is what is scored."""
     rng = random.Random(seed)
-    words = "camiseta pedido envío talla color algodón devolución tienda precio bolsa".split()
+
+    def word() -> str:  # random letters: the prompts stay hard to predict
+        return "".join(rng.choice(string.ascii_lowercase) for _ in range(5))
+
     return [
         {
             "messages": [
-                {"role": "user", "content": " ".join(rng.choice(words) for _ in range(12))},
+                {"role": "user", "content": " ".join(word() for _ in range(8))},
                 {"role": "assistant", "content": ANSWER},
             ]
         }
@@ -103,7 +107,7 @@ def test_a_fixed_answer_behind_random_prompts_is_learned_and_the_gate_agrees(pro
     spec = tiny_spec(
         model={"ref": "tiny-random", "method": "full"},
         data={"slices": {"fixed": {"path": "train.jsonl"}}, "eval": {"path": "eval.jsonl"}},
-        train={"max_steps": 40, "per_device_train_batch_size": 8, "max_length": 64, "eval_steps": 20, "seed": 0}
+        train={"max_steps": 40, "per_device_train_batch_size": 8, "max_length": 128, "eval_steps": 20, "seed": 0}
         | ({} if completion_only_loss is None else {"completion_only_loss": completion_only_loss}),
         search={"n_trials": 1, "space": {"train.learning_rate": {"categorical": [3e-2]}}},
         samples={"prompts": []},
