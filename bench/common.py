@@ -180,7 +180,7 @@ class Bench:
         }
 
     def bare(self, lr: float = 1e-3, same_defaults: bool = True) -> dict:
-        """The hand-written TRL script: from_pretrained, raw chat rows, SFTTrainer(...).train().
+        """The hand-written TRL script: from_pretrained, rows prepared by TRL, SFTTrainer(...).train().
 
         same_defaults: the same device settings as afina (bf16/fp32, checkpointing, optimizer), so
         the difference is afina's own overhead; False: TRL's defaults, as a script would have them.
@@ -218,11 +218,13 @@ class Bench:
             **(device.device_defaults() if same_defaults else {} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False}),
             **train_kw,
         )
+        # The rows as TRL prepares them (answers as conversational prompt/completion, data.py), from scratch.
+        table = data.tokenized(self.prepared, tok, "", args, Path(out_dir), reuse=False)
         trainer = SFTTrainer(
             model=model,
             args=args,
-            train_dataset=data.to_dataset(rows),
-            eval_dataset=data.to_dataset(self.prepared.eval),
+            train_dataset=data.to_tokenized_dataset(rows, table),
+            eval_dataset=data.to_tokenized_dataset(self.prepared.eval, table),
             processing_class=tok,
             peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **lora_kw)
             if self.spec.model.method == "lora"

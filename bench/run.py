@@ -9,6 +9,7 @@
     python bench/run.py defaults --model tiny-random          # device defaults: eval loss vs the plain setup
     python bench/run.py slices --model smollm2-135m           # the quickstart's poesia verdict: 5 seeds x 40 steps
     python bench/run.py refit --model smollm2-135m --budget 60 --seeds 3   # search + refit vs a default run of equal compute
+    python bench/run.py answers --model smollm2-135m --steps 16   # answer-only vs all-token loss: ROUGE-L, chrF, answer NLL
     python bench/run.py all --quick --json out.json           # everything, tiny sizes (the CI smoke)
 
 A and B always run interleaved in one process (A B A B ...), after an unrecorded warm-up pair,
@@ -118,7 +119,15 @@ def search(a) -> dict:
     pruned = {k: v for k, v in res.items() if not k.endswith("+none")}
     best = min(pruned, key=lambda k: (res[k]["median_ratio"], res[k]["median_steps"]))
     limits = search_mod.bounds(seeds=a.seeds, n_trials=a.trials, steps=12, every=every)  # what peer pruning can reach
-    return {"pairs": res, "chosen": best, "bounds": limits, "shape": f"{a.trials} trials, 12 steps, eval every {every}, {a.seeds} seeds"}
+    dupes = search_mod.duplicates(seeds=min(a.seeds, 20), n_trials=12, workers=4)  # what repeated trials cost
+    return {
+        "pairs": res,
+        "chosen": best,
+        "bounds": limits,
+        "duplicates": dupes,
+        "shape": f"{a.trials} trials, 12 steps, eval every {every}, {a.seeds} seeds; "
+        f"duplicates: 4 processes x 12 trials, {min(a.seeds, 20)} seeds",
+    }
 
 
 def cli(a) -> dict:
@@ -284,6 +293,17 @@ def refit(a) -> dict:
     return out
 
 
+def answers(a) -> dict:
+    """Both shipped specs (or --spec), answer-only vs all-token loss at equal steps (bench/answers.py)."""
+    import answers as answers_mod
+
+    if a.sweeps:  # figures of finished sweeps (e.g. before/after a change) instead of new runs
+        return answers_mod.from_sweeps(Path(a.spec or common.ROOT / "experiments" / "quickstart.yaml"), [Path(f) for f in a.sweeps])
+    names = ["quickstart.yaml"] if a.quick else ["quickstart.yaml", "customer_support.yaml"]
+    specs = [Path(a.spec)] if a.spec else [common.ROOT / "experiments" / n for n in names]
+    return {p.stem: answers_mod.compare(p, a.model, a.steps, a.lr) for p in specs}
+
+
 COMMANDS = {
     "overhead": overhead,
     "fixed": fixed,
@@ -294,6 +314,7 @@ COMMANDS = {
     "defaults": defaults,
     "slices": slices,
     "refit": refit,
+    "answers": answers,
 }
 
 
@@ -318,7 +339,8 @@ def main(argv=None) -> dict:
     p.add_argument("--budget", type=int, default=None, help="refit: budget.steps of each sweep (default 60; 12 with --quick)")
     p.add_argument("--refit-share", type=float, default=0.5, help="refit: budget.refit")
     p.add_argument("--prompts", type=int, default=16, help="refit: held-out eval rows answered, besides the spec's samples")
-    p.add_argument("--spec", default=None, help="refit: one spec file (default: quickstart and customer_support)")
+    p.add_argument("--spec", default=None, help="refit, answers: one spec file (default: quickstart and customer_support)")
+    p.add_argument("--sweeps", nargs="*", default=None, help="answers: folders of finished sweeps of --spec to score instead")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the harness")
     p.add_argument("--json", type=Path, help="write the results here")
     a = p.parse_args(argv)
@@ -343,6 +365,7 @@ def main(argv=None) -> dict:
             refit_share=a.refit_share,
             prompts=a.prompts,
             spec=a.spec,
+            sweeps=a.sweeps,
             shape={
                 "method": a.method,
                 "batch": a.batch,

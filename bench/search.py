@@ -167,3 +167,65 @@ def bounds(seeds: int = 20, n_trials: int = 30, steps: int = 12, every: int = 1)
         )
         out["records (live)"].append(next((c for c, v in live if v <= target), math.inf) / ref)
     return {k: round(statistics.median(v), 3) for k, v in out.items()}
+
+
+def duplicates(seeds: int = 20, n_trials: int = 12, workers: int = 4, steps: int = 12) -> dict:
+    """What repeated trials cost: `workers` processes on one study, either started together (taking
+    trials in turn) or one after another (a sweep resumed workers-1 times), unpruned, TPE.
+
+    same seed: every process seeds its sampler with search.seed (afina before this change);
+    own streams: distinct.stream_seed per process, and a draw equal to an earlier trial's is skipped
+    untrained and drawn again (distinct.check). Compute is counted in training steps; a duplicate
+    trains `steps` for a value already known. Medians over seeds.
+    """
+    import optuna
+
+    from afina import distinct, space, sweep
+    from afina.spec import Search
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    out: dict[str, dict] = {}
+    for layout in ("together", "resumed"):
+        for mode in ("same seed", "own streams"):
+            wasted, best, redraws = [], [], []
+            for seed in range(seeds):
+                storage = optuna.storages.InMemoryStorage()
+                search = Search(space=SPACE, seed=seed)
+                study = optuna.create_study(storage=storage, study_name="d", direction="minimize")
+                procs = []
+                for _ in range(workers):
+                    s = optuna.load_study(study_name="d", storage=storage)
+                    s.sampler = sweep.sampler(search, distinct.stream_seed(s, seed) if mode == "own streams" else seed)
+                    procs.append(s)
+                seen: set[tuple] = set()
+                dup = skipped = 0
+
+                def objective(trial, search=search, mode=mode, study=study, seen=seen, seed=seed):
+                    nonlocal dup
+                    params = space.suggest(trial, search.space)
+                    if mode == "own streams":
+                        distinct.check(study, trial, params)
+                    key = tuple(sorted(params.items()))
+                    dup += key in seen
+                    seen.add(key)
+                    return min(v for _, v in curve(params, steps, 1, seed))
+
+                order = (
+                    [i % workers for i in range(n_trials)] if layout == "together" else [i * workers // n_trials for i in range(n_trials)]
+                )
+                for w in order:
+                    while True:
+                        procs[w].optimize(objective, n_trials=1, catch=(distinct.Duplicate,))
+                        if procs[w].trials[-1].state.name != "FAIL":
+                            break
+                        skipped += 1
+                wasted.append(dup / n_trials)
+                best.append(study.best_value)
+                redraws.append(skipped)
+            out[f"{layout}, {mode}"] = {
+                "duplicate_share_of_compute": round(statistics.median(wasted), 3),
+                "mean_duplicate_share": round(statistics.fmean(wasted), 3),
+                "median_best": round(statistics.median(best), 4),
+                "median_redraws": statistics.median(redraws),
+            }
+    return out

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
@@ -77,3 +79,13 @@ def test_random_weight_architecture_and_its_parameter_count(afina_cache):
         "defaults"
     ]
     assert out["relative_diff"] < 1e-6
+
+
+def test_answers_compares_answer_only_with_all_token_loss(afina_cache):
+    import run
+
+    out = run.main(["answers", "--quick", "--steps", "2"])["answers"]["quickstart"]
+    for mode in ("answer_only", "all_tokens"):
+        assert {"answer_nll", "rougeL", "chrf", "eval_loss"} <= set(out[mode])
+    assert out["n_prompts"] == out["n_eval_rows"] == 24
+    assert out["answer_only"]["eval_loss"] == pytest.approx(out["answer_only"]["answer_nll"], rel=0.02)

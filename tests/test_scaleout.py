@@ -110,6 +110,41 @@ def test_four_workers_share_one_study(stack, tmp_path):
         assert SECRET not in text and TOKEN not in text
 
 
+def test_four_workers_never_train_the_same_params_twice(stack, tmp_path):
+    """4 workers started together on 8 trials of a 12-set space: 8 distinct parameter sets. With one seed
+    for every process their first draws were identical; with random draws from 12 sets, repeats happen
+    by chance too, and are skipped untrained."""
+    from afina import distinct
+
+    spec = tiny_spec(
+        name="distinct",
+        search={
+            "n_trials": 8,
+            "heartbeat": 5,
+            "space": {
+                "train.learning_rate": {"categorical": [1e-4, 1e-3, 1e-2]},
+                "lora.r": {"categorical": [2, 4]},
+                "slices.poesia.include": {"categorical": [True, False]},
+            },
+        },
+        train={"max_steps": 2, "eval_steps": 1},
+        samples={"prompts": []},
+        tracking={"checkpoint_dir": str(tmp_path / "checkpoints")},
+    )
+    path = write_spec(tmp_path, spec, "distinct.yaml")
+    env = {"AFINA_OPTUNA_STORAGE": stack["storage"], "AFINA_TRACKING_URI": stack["uri"]}
+    logs = [tmp_path / f"worker-{i}.log" for i in range(4)]
+    workers = [sweep(path, tmp_path, log, **env) for log in logs]
+    for w in workers:
+        assert w.wait(timeout=400) == 0, "\n".join(log.read_text()[-3000:] for log in logs)
+    study = load(stack, "distinct")
+    trained = [t for t in study.get_trials() if not distinct.skipped(t)]
+    assert [t.state.name for t in trained] == ["COMPLETE"] * 8 and finished(study) == 8
+    assert len({tuple(sorted(t.params.items())) for t in trained}) == 8
+    assert study.user_attrs["workers"] == 4  # each process got its own stream
+    assert len({t.user_attrs["worker"] for t in trained}) >= 2
+
+
 def test_killed_worker_is_retried_from_its_checkpoint(stack, tmp_path):
     n = 3
     path = spec_for(tmp_path, "kill", n, max_steps=40, eval_steps=5)

@@ -103,6 +103,7 @@ def run(spec: Spec, prepared: data.Prepared, tokenizer=None) -> Report:
         if name in sets:
             _leakage(train, sets[name], name, add)
     _balance(spec, prepared, add)
+    _searched_eval(spec, add)
     for name, rows in sets.items():
         report.slices[name] = {"rows": len(rows)}
         declared = spec.data.slices[name].language if name in spec.data.slices else None
@@ -240,6 +241,27 @@ def _balance(spec: Spec, prepared: data.Prepared, add) -> None:
                         "balance",
                     )
                 )
+
+
+def _searched_eval(spec, add) -> None:
+    """The eval (or promotion) set holds rows out of a slice the search varies: the objective then rewards
+    mixes that train on that slice. Right when it is the task being measured; say so either way."""
+    if spec.data.eval.split is None:
+        return  # eval.path / promote.path rows that are also training rows are leakage errors above
+    moved = sorted(set(spec.eval_slices) & spec.searched_slices)
+    if not moved:
+        return
+    sets = "eval set" + (" and the promotion set (the eval set by default)" if spec.promote.path is None else "")
+    add(
+        Issue(
+            "warning",
+            "data.eval",
+            "slices",
+            f"the {sets} holds rows out of searched slices {', '.join(moved)}: the objective favours mixes that train on them; "
+            "fine if they are the task you measure, otherwise name other slices in data.eval.slices or use data.eval.path",
+            "searched-eval",
+        )
+    )
 
 
 def _language(name: str, declared: str, rows: list[Row], add) -> str:

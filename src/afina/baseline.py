@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from afina import data, device, distributed, metrics, models, sampling, tracking
+from afina import device, distributed, metrics, models, sampling, tracking
 from afina import study as study_mod
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def run(ctx: TrialContext, study: optuna.Study, console=None) -> dict | None:
     try:
         tok, model = _base(spec, ctx.model_dir)
         distributed.share({"kind": "baseline"})  # under torchrun the other ranks evaluate their shards with us
-        results = {"eval_loss": _eval_loss(spec, model, tok, prepared)}
+        results = {"eval_loss": _eval_loss(ctx, model, tok)}
         prompts = ctx.prompts
         if prompts:
             outputs = sampling.answer(spec, model, tok, prompts)
@@ -82,10 +82,10 @@ def run(ctx: TrialContext, study: optuna.Study, console=None) -> dict | None:
     return results
 
 
-def eval_loss_of_base(spec: Spec, prepared: data.Prepared, model_dir: Path) -> float:
+def eval_loss_of_base(ctx: TrialContext) -> float:
     """The same eval loss the trials report, measured with SFTTrainer before any training (on every rank)."""
-    tok, model = _base(spec, model_dir)
-    return _eval_loss(spec, model, tok, prepared)
+    tok, model = _base(ctx.spec, ctx.model_dir)
+    return _eval_loss(ctx, model, tok)
 
 
 def _base(spec: Spec, model_dir: Path):
@@ -93,14 +93,16 @@ def _base(spec: Spec, model_dir: Path):
     return models.fresh(model_dir, spec.model.trust_remote_code, device.attention(), share_weights=True)  # evaluation only
 
 
-def _eval_loss(spec: Spec, model, tok, prepared: data.Prepared) -> float:
+def _eval_loss(ctx: TrialContext, model, tok) -> float:
     from transformers import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
 
-    fixed = {k: v for k, v in spec.train.items() if k not in ("eval_steps", "save_steps", "logging_steps")}
+    from afina import train
+
+    fixed = {k: v for k, v in ctx.spec.train.items() if k not in ("eval_steps", "save_steps", "logging_steps")}
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(output_dir=tmp, report_to="none", disable_tqdm=True, **{**device.device_defaults(fixed), **fixed})
-        ds = data.to_dataset(prepared.eval)
+        _, ds = train.datasets(ctx, ctx.prepared.eval, tok, args, device.attention(), fixed)  # the trials' rows and labels
         trainer = SFTTrainer(model=model, args=args, train_dataset=ds, eval_dataset=ds, processing_class=tok)
         for cb in (PrinterCallback, ProgressCallback):
             trainer.remove_callback(cb)

@@ -13,17 +13,19 @@ from afina.errors import UserError
 MAX_TOKENS = 1024  # longer promotion rows are truncated (same cut for candidate and champion)
 
 
-def answer_nll(model, tok, rows: list[data.Row], batch_size: int = 8) -> float:
+def answer_nll(model, tok, rows: list[data.Row], batch_size: int = 8, answers: bool = True) -> float:
     """Mean negative log-likelihood per token of each row's final assistant answer.
 
     Teacher-forced, chat template applied, batched. The prompt (everything before the last
-    answer) is context only, so the score measures the answers the model gives, not how well it
-    predicts the user's questions. Rows without an assistant answer are scored on all tokens.
+    answer, as `data.answer` splits it for training) is context only, so the score measures the
+    answers the model gives, the same tokens a trial's eval loss covers. Rows that answer nothing
+    are scored on all tokens; answers=False scores every row on all tokens (token_nll, for specs
+    with train.completion_only_loss: false).
     """
     import torch
     import torch.nn.functional as F
 
-    items = [_encode(tok, r.messages) for r in rows]
+    items = [_encode(tok, r.messages, answers) for r in rows]
     total, count = 0.0, 0
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     for i in range(0, len(items), batch_size):
@@ -47,12 +49,11 @@ def answer_nll(model, tok, rows: list[data.Row], batch_size: int = 8) -> float:
     return total / count
 
 
-def _encode(tok, messages: list[dict]) -> tuple[list[int], int]:
+def _encode(tok, messages: list[dict], answers: bool = True) -> tuple[list[int], int]:
     """(token ids, index of the first scored token)."""
     full = tok.apply_chat_template(messages, tokenize=False)
-    prefix = ""
-    if len(messages) > 1 and messages[-1]["role"] == "assistant":
-        prefix = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    split = data.answer(messages) if answers else None
+    prefix = tok.apply_chat_template(split[0], tokenize=False, add_generation_prompt=True) if split else ""
     if not full.startswith(prefix):
         prefix = ""
     head = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
@@ -60,6 +61,14 @@ def _encode(tok, messages: list[dict]) -> tuple[list[int], int]:
     return seq, max(1, min(len(head), len(seq) - 1))
 
 
+def token_nll(model, tok, rows: list[data.Row], batch_size: int = 8) -> float:
+    return answer_nll(model, tok, rows, batch_size, answers=False)
+
+
 # Lower is better. A generation metric (e.g. from afina.metrics) can be added here with its sign.
-METRICS: dict[str, tuple[Callable[..., float], bool]] = {"answer_nll": (answer_nll, True)}
-METRIC = "answer_nll"
+METRICS: dict[str, tuple[Callable[..., float], bool]] = {"answer_nll": (answer_nll, True), "token_nll": (token_nll, True)}
+
+
+def metric(spec) -> str:
+    """The gate scores what the trials were trained and judged on: answers, unless the spec trains all tokens."""
+    return "answer_nll" if data.answer_only(spec.train) else "token_nll"

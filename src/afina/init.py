@@ -54,7 +54,12 @@ def init(data_file: Path, name: str | None, force: bool, console, model: str = "
     spec = {
         "name": name,
         "model": {"ref": model, "method": "lora"},
-        "data": {"seed": 0, "slices": slices, "eval": {"split": 0.1, "max_rows": n_eval}},
+        # every slice's weight is searched: name them, so measuring the whole file is a stated choice
+        "data": {
+            "seed": 0,
+            "slices": slices,
+            "eval": {"split": 0.1, "max_rows": n_eval, **({"slices": list(slices)} if len(slices) > 1 else {})},
+        },
         "train": {
             "max_steps": 30,
             "per_device_train_batch_size": 8,
@@ -167,6 +172,15 @@ def _render(spec: dict, target: Path, source: Path, n: int, fmt: str, col: dict,
         "data": [
             f"One slice per value of column {column!r}; the search weighs them." if column else "One slice: the whole file.",
             "eval: a seeded 10% of every slice is held out (max_rows caps it so evaluation stays quick on a CPU).",
+            *(
+                [
+                    "The search weighs these slices, so eval.slices names them: the eval set is your whole file's task,",
+                    "and `afina check` warns that the objective favours mixes that train on it. Point eval.path at",
+                    "held-out rows of the task you care about to measure that instead.",
+                ]
+                if len(spec["data"]["slices"]) > 1
+                else []
+            ),
         ],
         "train": ["Any TRL SFTConfig field. max_length fits 95% of the rows after the chat template."],
         "lora": ["Any PEFT LoraConfig field."],

@@ -67,12 +67,14 @@ def table(study: optuna.Study, limit: int = 50):
 
 
 def _base_and_front(tab, study: optuna.Study, objectives: list[str], n_params: int) -> None:
-    """The untouched base model's row, the best trial's gain over it, and the Pareto front (issue 5)."""
+    """The untouched base model's row, the default-run reference's, the best trial's gain over the base
+    and its gaps to the reference, and the Pareto front (issue 5)."""
     base, base_run = study_mod.baseline(study)
+    ref = study.user_attrs.get("reference") or {}
     notes = []
+    if (base or ref) and tab.rows:
+        tab.rows[-1].end_section = True
     if base:
-        if tab.rows:
-            tab.rows[-1].end_section = True
         tab.add_row(
             "base",
             "[magenta]BASELINE[/]",
@@ -80,6 +82,15 @@ def _base_and_front(tab, study: optuna.Study, objectives: list[str], n_params: i
             *[""] * n_params,
             "-",
             base_run[:12],
+        )
+    if ref:
+        tab.add_row(
+            "ref",
+            f"[magenta]REFERENCE[/] ({ref['steps']} steps)",
+            *(_fmt(ref["results"].get(o)) for o in objectives),
+            *["default"] * n_params,
+            "-",
+            ref["run_id"][:12],
         )
     if len(study.directions) > 1:
         front = sorted(t.number for t in study_mod.pareto(study))
@@ -91,6 +102,8 @@ def _base_and_front(tab, study: optuna.Study, objectives: list[str], n_params: i
                 f"best trial {best.number}: {objectives[0]} {best.value:.4g} vs base {base[objectives[0]]:.4g} "
                 f"({best.value - base[objectives[0]]:+.4g})"
             )
+    if line := study_mod.reference_summary(study):
+        notes.append(line)
     if notes:
         tab.caption = " · ".join(notes)
 

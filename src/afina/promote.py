@@ -100,7 +100,8 @@ def run(spec: Spec, console, number: int | None = None, force: bool = False, mer
         console.print(f"trial {trial.number} is already @{alias} ({name} v{champion.version}); nothing to do")
         return True
 
-    metric, lower_better = gate.METRICS[gate.METRIC]
+    gate_metric = gate.metric(spec)
+    metric, lower_better = gate.METRICS[gate_metric]
     with tempfile.TemporaryDirectory(prefix="afina-promote-") as tmp:
         import mlflow
 
@@ -114,10 +115,10 @@ def run(spec: Spec, console, number: int | None = None, force: bool = False, mer
         sign = 1 if lower_better else -1
         better = champ is None or sign * (champ - cand) > max(spec.promote.margin, NOISE)
         decision = "promoted" if better else "forced" if force else "refused"
-        _report(console, trial, cand, champ, champion, alias, set_print, len(rows), spec.promote.margin, decision)
+        _report(console, gate_metric, trial, cand, champ, champion, alias, set_print, len(rows), spec.promote.margin, decision)
         gate_tags = {  # the decision first: the order MLflow is given them
             "afina.gate.decision": decision,
-            "afina.gate.metric": gate.METRIC,
+            "afina.gate.metric": gate_metric,
             "afina.gate.score": f"{cand:.6g}",
             "afina.gate.champion_score": "none" if champ is None else f"{champ:.6g}",
             "afina.gate.set_fingerprint": set_print,
@@ -235,7 +236,7 @@ def _log_promotion(
         c,
         rid,
         {
-            "metric": gate.METRIC,
+            "metric": gate_tags["afina.gate.metric"],
             "set_fingerprint": gate_tags["afina.gate.set_fingerprint"],
             "rows": n_rows,
             "margin": spec.promote.margin,
@@ -248,9 +249,9 @@ def _log_promotion(
     return rid
 
 
-def _report(console, trial, cand, champ, champion, alias, set_print, n, margin, decision) -> None:
+def _report(console, gate_metric: str, trial, cand, champ, champion, alias, set_print, n, margin, decision) -> None:
     vs = f"@{alias} v{champion.version}: {champ:.4f}" if champion is not None else f"no @{alias} yet"
-    console.print(f"gate: {gate.METRIC} on {n} promotion rows (set {set_print}), lower is better")
+    console.print(f"gate: {gate_metric} on {n} promotion rows (set {set_print}), lower is better")
     console.print(f"  candidate trial {trial.number}: {cand:.4f}   {vs}")
     if decision == "refused":
         console.print(

@@ -90,6 +90,12 @@ def leaderboard(study: optuna.Study) -> list[dict]:
     out = []
     if base:
         out.append({"trial": "base", "state": "BASELINE", **{n: base.get(n) for n in names}, **_extra(base, names)})
+    ref = study.user_attrs.get("reference") or {}
+    if ref:
+        res = ref["results"]
+        out.append(
+            {"trial": "reference", "state": f"REFERENCE ({ref['steps']} steps)", **{n: res.get(n) for n in names}, **_extra(res, names)}
+        )
     for r in study_mod.rows(study):
         t = study.trials[r["number"]]
         results = t.user_attrs.get("results") or {}
@@ -179,6 +185,7 @@ def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict]
     parts.append("<h2>Leaderboard</h2>" + (("<p>★ = on the Pareto front</p>") if len(study.directions) > 1 else ""))
     cols = _columns(board)
     parts.append(table_html(cols, [[r.get(k) for k in cols] for r in board]))
+    parts.append(_worth_it(study))
     if pngs:
         parts.append(
             "<h2>Plots</h2><div class='pics'>"
@@ -191,16 +198,27 @@ def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict]
             + "</div>"
         )
     prompts = metrics.prompts(spec)
-    trials = [r for r in board if r["trial"] != "base" and r["state"].startswith("COMPLETE")]
+    trials = [r for r in board if r["trial"] not in ("base", "reference") and r["state"].startswith("COMPLETE")]
     base_out = samples(c, study_mod.baseline(study)[1])
     if prompts and trials:
         best = trials[0]
         best_out = samples(c, best["run_id"])
+        ref_id = (study.user_attrs.get("reference") or {}).get("run_id")
+        ref_out = samples(c, ref_id) if ref_id else {}
         parts.append(f"<h2>Best trial ({best['trial']}) vs base model</h2>")
         parts.append(
             table_html(
-                ["prompt", "reference", "base model", f"trial {best['trial']}"],
-                [[p["prompt"], p.get("reference") or "", base_out.get(p["prompt"], ""), best_out.get(p["prompt"], "")] for p in prompts],
+                ["prompt", "reference", "base model", *(["default run"] if ref_id else []), f"trial {best['trial']}"],
+                [
+                    [
+                        p["prompt"],
+                        p.get("reference") or "",
+                        base_out.get(p["prompt"], ""),
+                        *([ref_out.get(p["prompt"], "")] if ref_id else []),
+                        best_out.get(p["prompt"], ""),
+                    ]
+                    for p in prompts
+                ],
             )
         )
         outs = {r["trial"]: samples(c, r["run_id"]) for r in trials}
@@ -216,6 +234,22 @@ def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict]
     parts.append(_data_section(c, parent_id))
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def _worth_it(study: optuna.Study) -> str:
+    """The best trial against one default run of the sweep's total compute (baseline.default_run)."""
+    ref = study.user_attrs.get("reference") or {}
+    rows = study_mod.reference_gaps(study)
+    if not rows:
+        return ""
+    return (
+        f"<h2>Was the sweep worth it?</h2><p>Best trial {rows[0]['trial']} against one run with TRL's and afina's default settings, "
+        f"trained on the same data for the {ref['steps']} steps all trials spent together (run <code>{ref['run_id']}</code>). "
+        "One run each: differences within seed noise are not effects.</p>"
+        + table_html(
+            ["metric", "best trial", "default run", "gap", "n"], [[g["metric"], g["best"], g["reference"], g["gap"], g["n"]] for g in rows]
+        )
+    )
 
 
 def _data_section(c, parent_id: str) -> str:

@@ -90,7 +90,8 @@ class Eval(Strict):
     system: str | None = None
     max_rows: int | None = Field(None, ge=1)
     slices: list[str] | None = None
-    """With split: the slices the eval rows come from (default: all). Hold out only the task you care about."""
+    """With split: the slices the eval rows come from. Default: every included slice the search does not vary,
+    so the search cannot move its own yardstick. Hold out only the task you care about."""
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -347,6 +348,14 @@ class Budget(Strict):
         return v
 
 
+class Baseline(Strict):
+    """References besides the untouched base model (evaluated by every sweep)."""
+
+    default_run: bool = False
+    """After the search, train one run with the method's documented defaults (TRL's SFTConfig, afina's LoRA)
+    on the same data for as many steps as all trials together, evaluated like a trial: was the sweep worth it?"""
+
+
 class Spec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME)
     """Study name, and the default MLflow experiment and registered model name."""
@@ -362,6 +371,7 @@ class Spec(Strict):
     promote: Promote = Promote()
     budget: Budget | None = None
     """Total training steps and the refit's share; None: the search alone, no refit."""
+    baseline: Baseline = Baseline()
     base_dir: Path = Field(Path("."), exclude=True)
     """Folder of the spec file; relative data paths resolve against it (not a YAML key)."""
 
@@ -436,6 +446,30 @@ class Spec(Strict):
         # unknown metrics and unimportable scorers fail at load
         metrics.parse(self.evaluate.metrics or [], self.base_dir)
         return self
+
+    @model_validator(mode="after")
+    def _eval_unmoved(self):
+        """A split held out of a searched slice lets the search move the eval set: name the slices instead."""
+        ev = self.data.eval
+        if ev.split is not None and ev.slices is None and not self.eval_slices:
+            searched = ", ".join(sorted(self.searched_slices))
+            raise ValueError(
+                f"data.eval: every slice is searched ({searched}), so a split would hold out rows the search varies; "
+                "name the slices of the task to measure in data.eval.slices, or point data.eval.path at held-out rows"
+            )
+        return self
+
+    @property
+    def searched_slices(self) -> set[str]:
+        """Slices whose include, weight or fraction the search varies."""
+        return {key.split(".")[1] for key in self.search.space if key.startswith("slices.")}
+
+    @property
+    def eval_slices(self) -> list[str]:
+        """The slices a data.eval.split holds rows out of: eval.slices, else every included unsearched slice."""
+        if self.data.eval.slices is not None:
+            return sorted(self.data.eval.slices)
+        return sorted(n for n, s in self.data.slices.items() if n not in self.searched_slices and s.include and s.weight > 0)
 
     def path(self, p: str) -> Path:
         return (self.base_dir / p).expanduser()

@@ -23,10 +23,14 @@ if TYPE_CHECKING:
 ORDER = {"COMPLETE": 0, "RUNNING": 1, "PRUNED": 2, "FAIL": 3, "WAITING": 4}  # leaderboard order of states
 
 
-def sampler(search: Search):
+DUPLICATE = "duplicate_of"  # user attr of a draw that repeated trial N's params; it is never trained
+
+
+def sampler(search: Search, seed: int | None = None):
+    """The spec's Optuna sampler, seeded with `seed` (this process's own stream, distinct.py) or search.seed."""
     import optuna
 
-    kw: dict[str, Any] = {"seed": search.seed, **search.sampler_args}
+    kw: dict[str, Any] = {"seed": search.seed if seed is None else seed, **search.sampler_args}
     kinds = {"grid": optuna.samplers.GridSampler, "random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler}
     try:
         if search.sampler == "grid":
@@ -168,11 +172,20 @@ def best(study: optuna.Study, index: int = 0):
     return min(trials, key=lambda t: (sign * t.values[index], t.number)) if trials else None
 
 
+def skipped(t) -> bool:
+    """Trials that never trained: a draw that repeated an earlier trial's params (distinct.py), or a
+    surplus one that lost the race for the last place in the budget."""
+    return DUPLICATE in t.user_attrs or bool(t.user_attrs.get("surplus"))
+
+
 def rows(study: optuna.Study) -> list[dict]:
-    """One dict per trial, best first: completed by objective, then running, pruned, failed."""
+    """One dict per trial, best first: completed by objective, then running, pruned, failed.
+    Trials that never trained are left out."""
     sign, known = signs(study), run_ids(study)
     out = []
     for t in study.get_trials(deepcopy=False):
+        if skipped(t):
+            continue
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         values = list(t.values) if t.values else []
         key = [s * v for s, v in zip(sign, values, strict=True)] if values and all(math.isfinite(v) for v in values) else [math.inf]
@@ -247,3 +260,42 @@ def runs_by_role(c, study: optuna.Study, role: str, experiment_ids: list[str]) -
         filter_string=f"tags.`{tracking.ROLE}` = '{role}' and tags.`{tracking.TAG}study` = '{study.study_name}'",
         order_by=["attributes.start_time DESC"],
     )
+
+
+# --- the default-run reference (reference.py trains it) -------------------------------------------
+
+NOT_ANSWERS = {"train_loss", "train_runtime", "train_tokens"}  # results that do not measure the answers
+
+
+def reference_gaps(study: optuna.Study) -> list[dict]:
+    """[{metric, best, reference, gap, n, trial}]: the best trial against the default-run reference on the
+    objective and every generation metric (single-objective studies; [] without a reference)."""
+    ref = study.user_attrs.get("reference") or {}
+    best_trial = best(study)
+    if not ref or len(study.directions) > 1 or best_trial is None:
+        return []
+    mine = best_trial.user_attrs.get("results") or {}
+    names = objectives(study)
+    names = [*names, *(k for k in sorted(ref["results"]) if k not in names and k not in NOT_ANSWERS)]
+    return [
+        {
+            "metric": k,
+            "best": mine[k],
+            "reference": ref["results"][k],
+            "gap": mine[k] - ref["results"][k],
+            "n": ref.get("n", {}).get(k),
+            "trial": best_trial.number,
+        }
+        for k in names
+        if k in mine and k in ref["results"] and math.isfinite(mine[k]) and math.isfinite(ref["results"][k])
+    ]
+
+
+def reference_summary(study: optuna.Study) -> str:
+    """One line: the best trial against the reference, every metric with its n."""
+    rows = reference_gaps(study)
+    if not rows:
+        return ""
+    parts = [f"{g['metric']} {g['best']:.4g} vs {g['reference']:.4g} ({g['gap']:+.4g}, n={g['n']})" for g in rows]
+    steps = study.user_attrs["reference"]["steps"]
+    return f"best trial {rows[0]['trial']} vs default run ({steps} steps, 1 run each): " + "; ".join(parts)

@@ -15,14 +15,17 @@ from afina import (
     audit,
     baseline,
     budget,
+    distinct,
     distributed,
     leaderboard,
     logs,
     metrics,
     models,
     paid,
+    reference,
     report,
     schedule,
+    space,
     spool,
     stop,
     story,
@@ -43,7 +46,8 @@ FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
 def finished(study: optuna.Study) -> int:
-    """Trials that used up the budget. A trial that was interrupted, or died and was retried, does not."""
+    """Trials that used up the budget. A trial that was interrupted, died and was retried, or never
+    trained (a duplicate draw, a surplus one), does not."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.system_attrs.get("failed_trial") for t in trials}
     return sum(
@@ -51,7 +55,7 @@ def finished(study: optuna.Study) -> int:
         for t in trials
         if t.state.name in FINISHED
         and t.number not in retried
-        and not (t.state.name == "FAIL" and (t.user_attrs.get("interrupted") or t.user_attrs.get("surplus")))
+        and not (t.state.name == "FAIL" and (t.user_attrs.get("interrupted") or study_mod.skipped(t)))
     )
 
 
@@ -103,6 +107,8 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
         audit.log(prepared.report, c, parent_id)  # check/report.json and .md on the parent run
         story.set_view(c, experiment_id, spec, _generation(spec, prompts))  # the runs table's columns (the printed link)
         _requeue_interrupted(study)
+        seed = distinct.stream_seed(study, spec.search.seed)  # this process's own stream: no repeated draws
+        study.sampler = study_mod.sampler(spec.search, seed)
     ctx = TrialContext(spec, prepared, model_dir, study.study_name, spec.search.directions, c, experiment_id, parent_id, prompts)
     stop.check_stop()
     baseline.run(ctx, study, console)  # once per study: the base model is every leaderboard's reference
@@ -131,13 +137,17 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
         if spec.search.heartbeat and _surplus(study, t, spec.search.n_trials):
             t.set_user_attr("surplus", True)  # another worker took the last place at the same moment
             raise RuntimeError("surplus: the budget is already taken by other workers")
+        distinct.check(study, t, space.suggest(t, spec.search.space))  # a repeated draw is skipped, untrained
         bar.update(steps_task, description=f"trial {t.number}", completed=0, visible=True)
         return trial.run(ctx, t, on_step)
+
+    streak = [0]  # duplicate draws in a row
 
     def after(study, frozen) -> None:
         c.flush()  # MLflow records kept during an outage go out once the server answers
         study_mod.record_run_ids(study, c.ids)
-        if frozen.user_attrs.get("surplus"):
+        streak[0] = streak[0] + 1 if study_mod.DUPLICATE in frozen.user_attrs else 0
+        if study_mod.skipped(frozen):
             return
         if frozen.state.name in ("FAIL", "PRUNED"):
             why = frozen.user_attrs.get("fail_reason") or frozen.user_attrs.get("prune_reason") or ""
@@ -154,12 +164,21 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
     interrupted = False
     restore = stop.install_stop()  # first Ctrl-C/SIGTERM: checkpoint and stop; second: stop now
     try:
+        why = None
         with bar:
-            if remaining > 0:
-                _work(study, objective, after, spec, length)
-            if not stop.STOP.is_set() and (finished(study) >= spec.search.n_trials or not budget.room(study, spec, length)):
+            if remaining > 0 and (why := _work(study, objective, after, spec, length, streak, seed)):
+                console.print(why)
+            ended = not stop.STOP.is_set() and bool(why or finished(study) >= spec.search.n_trials or not budget.room(study, spec, length))
+            if ended:
                 winner.run(ctx, study, bar.console, on_step)  # budget: the winner trained with the rest (no budget: nothing)
         interrupted = stop.STOP.is_set()
+        if not interrupted and ended:  # the search (and refit) are over: the default run gets their total steps
+            reference.record_spent(study)
+            if distributed.active() and spec.baseline.default_run:
+                console.print("the default-run reference is not trained under torchrun; run `afina sweep` in one process to add it")
+            else:
+                reference.run(ctx, study, console)
+            interrupted = stop.STOP.is_set()
         if not interrupted:
             from afina import ablation
 
@@ -231,7 +250,7 @@ def _follow(ctx: TrialContext) -> None:
         while (msg := distributed.share(None)) is not None:
             try:
                 if msg["kind"] == "baseline":
-                    baseline.eval_loss_of_base(ctx.spec, ctx.prepared, ctx.model_dir)
+                    baseline.eval_loss_of_base(ctx)
                 else:
                     ctx.study_name, ctx.directions = msg["study"], msg["directions"]
                     trial.follow(ctx, msg)
@@ -243,13 +262,15 @@ def _follow(ctx: TrialContext) -> None:
         restore()
 
 
-def _work(study: optuna.Study, objective, after, spec: Spec, length: int) -> None:
+def _work(study: optuna.Study, objective, after, spec: Spec, length: int, streak: list[int], seed: int) -> str | None:
     """Take trials until the study holds n_trials or the search's share of the budget is spent
-    (budget.py: a trial of `length` steps must fit), as one of possibly many workers.
+    (budget.py: a trial of `length` steps must fit), as one of possibly many workers; returns why it
+    stopped early, if it did.
 
     A trial starts only while finished + running trials leave room for it, so workers do not
     overshoot the budget. With no room, a worker waits while others run: one of them may die, and its
-    retry (queued by Optuna's heartbeat check, which this wait runs) needs a taker.
+    retry (queued by Optuna's heartbeat check, which this wait runs) needs a taker. When the sampler
+    keeps repeating itself, an untried set of a finite space is queued by hand (distinct.py).
     """
     import warnings
 
@@ -260,7 +281,15 @@ def _work(study: optuna.Study, objective, after, spec: Spec, length: int) -> Non
     while not stop.STOP.is_set() and finished(study) < n:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
-            return
+            return None
+        if why := distinct.exhausted(study, spec.search.space):
+            return why
+        if streak[0] >= distinct.PATIENCE:
+            if distinct.size(spec.search.space) is None:
+                return f"the sampler drew {streak[0]} already-tried parameter sets in a row; widen search.space or change the sampler"
+            if (untried := distinct.untried(study, spec.search.space, seed + len(study.trials))) is not None:
+                study.enqueue_trial(untried, user_attrs={"untried_pick": True})
+            streak[0] = 0
         # WAITING trials (enqueued, requeued, retries) are not counted: optimize() takes them first.
         live = sum(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False)) if beat else 0
         fits = budget.room(study, spec, length)
@@ -268,11 +297,12 @@ def _work(study: optuna.Study, objective, after, spec: Spec, length: int) -> Non
             study.optimize(objective, n_trials=1, timeout=left, catch=(Exception,), callbacks=[after], gc_after_trial=True)
             continue
         if not fits and not live:
-            return  # the budget's search share is spent and no trial is still running
+            return None  # the budget's search share is spent and no trial is still running
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(study)
         time.sleep(min(beat, 5))
+    return None
 
 
 def _surplus(study, t, n: int) -> bool:

@@ -55,9 +55,7 @@ def fit(ctx: TrialContext, trial, job: Job) -> list[float]:
     total = schedule.total_steps(train_kw, len(rows))
     every = schedule.eval_every(train_kw, len(rows), len(prepared.eval), spec.model.method == "full")
     args, peft_config = configs(spec, train_kw, lora_kw, workdir, every, job.name)
-    train_ds, eval_ds = (
-        _datasets(ctx, rows, tok, args, attn, train_kw) if ctx.reuse else (data.to_dataset(rows), data.to_dataset(prepared.eval))
-    )
+    train_ds, eval_ds = datasets(ctx, rows, tok, args, attn, train_kw)
     watch = Watch(c, run_id, trial, total, job.on_step, ctx.directions, ctx.lead, constant_lr=_constant_lr(args))
     trainer = SFTTrainer(
         model=model,
@@ -135,12 +133,13 @@ def configs(spec: Spec, train_kw: dict, lora_kw: dict, workdir: Path, every: int
     return args, peft_config
 
 
-def _datasets(ctx: TrialContext, rows: list[data.Row], tok, args, attn: str | None, train_kw: dict):
-    """Pre-tokenized train/eval rows from the worker's token cache (raw rows when TRL must tokenize)."""
+def datasets(ctx: TrialContext, rows: list[data.Row], tok, args, attn: str | None, train_kw: dict):
+    """Pre-tokenized train/eval rows, answer-only unless train.completion_only_loss is false (data.py), from
+    the worker's token cache (raw rows when TRL must tokenize). The base model's eval loss uses it too."""
     prepared = ctx.prepared
-    if ctx.model_print is None:
+    if ctx.reuse and ctx.model_print is None:
         ctx.model_print = models.fingerprint(ctx.model_dir)  # weights + tokenizer files
-    table = data.tokenized(prepared, tok, ctx.model_print, args, models.cache_dir() / "tokens")
+    table = data.tokenized(prepared, tok, ctx.model_print or "", args, models.cache_dir() / "tokens", reuse=ctx.reuse)
     if table is None:
         return data.to_dataset(rows), data.to_dataset(prepared.eval)
     if attn == "flash_attention_2" and not args.packing and "padding_free" not in train_kw:

@@ -58,6 +58,7 @@ class Watch(TrainerCallback):
         loss = logs.get("loss")
         if loss is not None and not math.isfinite(loss):
             self.flush()
+            self.count(state)
             raise FloatingPointError(f"training loss became {loss} at step {state.global_step}; lower the learning rate or check the data")
         now, tokens = time.perf_counter(), state.num_input_tokens_seen
         if "loss" in logs and now > self.t0:
