@@ -34,6 +34,19 @@ def afina_cache(tmp_path_factory):
     return Path(cache)
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uri_env():
+    """MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI (and the registry's): a command run in-process
+    must not point a later test's subprocess, which honours that variable, at its store."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """An empty project folder as the working directory (mlruns/ lands here)."""
