@@ -180,7 +180,8 @@ def duplicates(seeds: int = 20, n_trials: int = 12, workers: int = 4, steps: int
     """
     import optuna
 
-    from afina import distinct, space, sweep
+    from afina import distinct, space
+    from afina import study as study_mod
     from afina.spec import Search
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -195,7 +196,7 @@ def duplicates(seeds: int = 20, n_trials: int = 12, workers: int = 4, steps: int
                 procs = []
                 for _ in range(workers):
                     s = optuna.load_study(study_name="d", storage=storage)
-                    s.sampler = sweep.sampler(search, distinct.stream_seed(s, seed) if mode == "own streams" else seed)
+                    s.sampler = study_mod.sampler(search, distinct.stream_seed(s, seed) if mode == "own streams" else seed)
                     procs.append(s)
                 seen: set[tuple] = set()
                 dup = skipped = 0

@@ -75,7 +75,7 @@ def test_random_weight_architecture_and_its_parameter_count(afina_cache):
     assert common._param_count(cfg) == sum(p.numel() for p in big.parameters()) > 0.5e9
     import run
 
-    out = run.main(["defaults", "--quick", "--model", "random:smollm2-135m", "--steps", "1", "--batch", "2", "--max-length", "32"])[
+    out = run.main(["defaults", "--quick", "--model", "random:smollm2-135m", "--steps", "1", "--batch", "2", "--max-length", "128"])[
         "defaults"
     ]
     assert out["relative_diff"] < 1e-6
