@@ -358,7 +358,15 @@ def test_ctrl_c_during_setup_stops_the_sweep(project, tmp_path):
         env=env(),
         text=True,
     )
-    time.sleep(4)  # imports, spec, data and model checks: well before the first trial
+    # Once torch is mapped, afina's main() runs its set-up (imports before main() are Python's own Ctrl-C);
+    # a fixed sleep raced a cold interpreter on a fresh clone.
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        maps = Path(f"/proc/{proc.pid}/maps")
+        if maps.is_file() and "libtorch" in maps.read_text(errors="replace"):
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out
