@@ -22,7 +22,7 @@ def test_smollm2_one_trial(project, cli, afina_cache, tmp_path):
         train={
             "max_steps": 2,
             "per_device_train_batch_size": 2,
-            "max_length": 32,
+            "max_length": 96,
             "eval_steps": 2,
             "per_device_eval_batch_size": 2,
             "seed": 0,

@@ -79,6 +79,8 @@ def untried(study, space: dict, seed: int) -> dict[str, Any] | None:
 def exhausted(study, space: dict) -> str | None:
     """A message when every parameter set of a finite space has been tried."""
     n = size(space)
+    if any(t.state.name == "WAITING" for t in study.get_trials(deepcopy=False)):
+        return None  # queued trials (enqueued by hand, retries) run even when every set has been tried
     if n is not None and len(tried(study)) >= n:
         return f"every one of the {n} parameter sets of search.space has been tried; widen search.space to run more trials"
     return None

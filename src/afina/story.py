@@ -100,9 +100,11 @@ def sweep_note(spec, study, experiment_id: str, spec_path: str, data_verdict: st
         f"{len(trials)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed · objective "
         + ", ".join(f"{n} ({d})" for n, d in zip(names, spec.search.directions, strict=False))
     )
-    if data_verdict is None:  # the slice verdicts kept on the study (ablation.py), or what would get one
+    if data_verdict is None:  # the slice verdicts kept on the study (ablation.py)
         data_verdict = "\n".join(f"- {line.strip()}" for line in findings.lines(study.user_attrs.get("verdicts"), spec_path))
-    lines.append(f"### What your data did\n{data_verdict}" if data_verdict else "### What your data did\nno slice verdict yet.")
+    lines.append(f"**Data:** {'see What your data did below.' if data_verdict else f'no slice verdict yet (`afina ablate {spec_path}`).'}")
+    if data_verdict:
+        lines.append(f"### What your data did\n{data_verdict}")
     lines.append(f"afina sweep `{spec.name}` · model `{spec.model.ref}` ({spec.model.method}) · `afina sweep {spec_path}`")
     if spec.description:
         lines.append(spec.description)

@@ -146,7 +146,10 @@ def datasets(ctx: TrialContext, rows: list[data.Row], tok, args, attn: str | Non
         args.padding_free = True  # varlen attention keeps the flattened rows apart: exact, and no padding
     if args.padding_free and not args.packing:
         args.max_length = None  # the cached rows are already cut to max_length (TRL refuses it otherwise)
-    return data.to_tokenized_dataset(rows, table), data.to_tokenized_dataset(prepared.eval, table)
+    evals = data.to_tokenized_dataset(prepared.eval, table)
+    if not len(evals):  # every eval answer lies past max_length: there is no loss to judge a trial by
+        raise UserError(f"train.max_length {args.max_length} cuts off the answer of every eval row; raise train.max_length")
+    return data.to_tokenized_dataset(rows, table), evals
 
 
 PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # a checkpoint artifact holds safetensors and text only
