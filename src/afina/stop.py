@@ -29,7 +29,20 @@ def install_setup_stop() -> Callable[[], object]:
         raise KeyboardInterrupt
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    return lambda: [signal.signal(s, h) for s, h in old.items()]
+    hook = sys.unraisablehook
+
+    def dropped(unraisable) -> None:  # the interrupt is kept in STOP: no "Exception ignored" traceback
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            hook(unraisable)
+
+    sys.unraisablehook = dropped
+
+    def undo() -> None:
+        for s, h in old.items():
+            signal.signal(s, h)
+        sys.unraisablehook = hook
+
+    return undo
 
 
 def check_stop() -> None:
