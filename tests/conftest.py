@@ -38,7 +38,7 @@ def afina_cache(tmp_path_factory):
 def _mlflow_uri_env():
     """MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI (and the registry's): a command run in-process
     must not point a later test's subprocess, which honours that variable, at its store."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}  # also a fixture's
     yield
     for key, value in saved.items():
         if value is None:
