@@ -348,6 +348,16 @@ def test_interrupt_swallowed_by_a_finaliser_still_stops(monkeypatch):
         stop.STOP.clear()
 
 
+def _setup_state(pid: int) -> tuple[bool, bool]:
+    """(torch is mapped, SIGINT has a handler) for a running process, from /proc."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text(errors="replace")
+        caught = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigCgt"))
+    except (OSError, StopIteration):
+        return False, False
+    return "libtorch" in maps, bool(int(caught.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+
+
 def test_ctrl_c_during_setup_stops_the_sweep(project, tmp_path):
     write_spec(project, tiny_spec())
     proc = subprocess.Popen(
@@ -358,18 +368,22 @@ def test_ctrl_c_during_setup_stops_the_sweep(project, tmp_path):
         env=env(),
         text=True,
     )
-    # Once torch is mapped, afina's main() runs its set-up (imports before main() are Python's own Ctrl-C);
-    # a fixed sleep raced a cold interpreter on a fresh clone.
+    # Once torch is mapped and SIGINT has a handler, afina's main() runs its set-up (imports before main()
+    # are Python's own Ctrl-C); a fixed sleep raced a cold interpreter on a fresh clone.
+    seen = []
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
-        maps = Path(f"/proc/{proc.pid}/maps")
-        if maps.is_file() and "libtorch" in maps.read_text(errors="replace"):
+        state = _setup_state(proc.pid)
+        if not seen or seen[-1][1:] != state:
+            seen.append((round(time.monotonic() - deadline + 90, 2), *state))
+        if all(state):
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     time.sleep(0.5)
+    seen.append((round(time.monotonic() - deadline + 90, 2), *_setup_state(proc.pid), "SIGINT"))
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, out
+    assert proc.returncode == 130, f"{out}\n(seconds, torch mapped, SIGINT caught): {seen}"
     assert "Traceback" not in out
     db = project / "mlruns" / "optuna.db"
     if db.is_file():
