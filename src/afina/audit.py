@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from afina import data, language, tracking
 from afina.data import Issue, Row
-from afina.spec import sft_fields
+from afina.spec_fields import sft_fields
 
 if TYPE_CHECKING:
     from afina.spec import Spec
