@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from afina import data, language, tracking
-from afina.data import Issue, Row
+from afina.data_rows import Issue, Row
 from afina.spec_fields import sft_fields
 
 if TYPE_CHECKING:
