@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from afina import audit, data, data_read, data_rows, models
+from afina import audit, audit_report, data, data_read, data_rows, models
 from afina import spec as spec_mod
 from afina.errors import UserError
 
@@ -100,7 +100,7 @@ def init(data_file: Path, name: str | None, force: bool, console, model: str = "
     console.print(f"wrote [bold]{target}[/] ({len(slices)} slice{'s' * (len(slices) > 1)}, format {fmt}); checking it:")
     final = spec_mod.load(target)  # check what was written, as `afina sweep` will read it
     report = audit.run(final, data.prepare(final, collect=True), tokenizer)
-    audit.render(report, console)
+    audit_report.render(report, console)
     console.print(f"Next: edit {target} if you like, then [bold]afina sweep {target}[/]")
     return report
 

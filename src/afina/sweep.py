@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from afina import (
-    audit,
+    audit_report,
     baseline,
     budget,
     distinct,
@@ -82,7 +82,7 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
     if distributed.rank() > 0:
         return _follow(TrialContext(spec, prepared, model_dir, spec.name, spec.search.directions, lead=False))
     if prepared.report.warnings:
-        audit.render(prepared.report, console, per_kind=3, table=False)
+        audit_report.render(prepared.report, console, per_kind=3, table=False)
     length = budget.trial_steps(spec, sum(map(len, prepared.slices.values())))  # one trial's steps, for the budget
     budget.check(spec, length)
     study = study_mod.open(
@@ -104,7 +104,7 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
             | {f"rows.{n}": len(r) for n, r in prepared.slices.items()}
             | {"rows.eval": len(prepared.eval)},
         )
-        audit.log(prepared.report, c, parent_id)  # check/report.json and .md on the parent run
+        audit_report.log(prepared.report, c, parent_id)  # check/report.json and .md on the parent run
         story.set_view(c, experiment_id, spec, _generation(spec, prompts))  # the runs table's columns (the printed link)
         _requeue_interrupted(study)
         seed = distinct.stream_seed(study, spec.search.seed)  # this process's own stream: no repeated draws
