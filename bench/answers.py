@@ -20,11 +20,11 @@ MODES = {"answer_only": None, "all_tokens": False}  # train.completion_only_loss
 
 def held_out(prepared) -> list[dict]:
     """The eval rows as {prompt, reference}: the last user turn and its answer."""
-    from afina import data
+    from afina import data_tokens
 
     out = []
     for r in prepared.eval:
-        split = data.answer(r.messages)
+        split = data_tokens.answer(r.messages)
         users = [m["content"] for m in r.messages if m["role"] == "user"]
         if split and users:
             out.append({"prompt": users[-1], "reference": split[1][0]["content"]})

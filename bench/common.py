@@ -190,7 +190,7 @@ class Bench:
         from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
         from trl import SFTConfig, SFTTrainer
 
-        from afina import data, device, space
+        from afina import data, data_tokens, device, space
 
         _reset_gpu_peak()
         t0 = time.perf_counter()
@@ -218,13 +218,13 @@ class Bench:
             **(device.device_defaults() if same_defaults else {} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False}),
             **train_kw,
         )
-        # The rows as TRL prepares them (answers as conversational prompt/completion, data.py), from scratch.
-        table = data.tokenized(self.prepared, tok, "", args, Path(out_dir), reuse=False)
+        # The rows as TRL prepares them (answers as conversational prompt/completion, data_tokens.py), from scratch.
+        table = data_tokens.tokenized(self.prepared, tok, "", args, Path(out_dir), reuse=False)
         trainer = SFTTrainer(
             model=model,
             args=args,
-            train_dataset=data.to_tokenized_dataset(rows, table),
-            eval_dataset=data.to_tokenized_dataset(self.prepared.eval, table),
+            train_dataset=data_tokens.to_tokenized_dataset(rows, table),
+            eval_dataset=data_tokens.to_tokenized_dataset(self.prepared.eval, table),
             processing_class=tok,
             peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **lora_kw)
             if self.spec.model.method == "lora"

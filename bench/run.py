@@ -44,7 +44,7 @@ def overhead(a) -> dict:
 
 def fixed(a) -> dict:
     """Per-trial cost outside training: wall - train() - sample generation; with reuse vs a fresh load."""
-    from afina import data, models, train
+    from afina import data_tokens, models, train
 
     b = common.Bench(a.model, a.steps, **a.shape)
     prompts = [{"prompt": "¿Cuánto tarda el envío?", "reference": None}]
@@ -62,7 +62,7 @@ def fixed(a) -> dict:
     def one(reuse: bool):
         if not reuse:  # a cold worker: nothing cached in memory or on disk
             models._PRISTINE.clear()
-            data._TOKENS.clear()
+            data_tokens._TOKENS.clear()
         r = b.afina(reuse=reuse, prompts=prompts)
         r["gen_s"] = gen[-1]
         r["fixed_s"] = r["wall_s"] - r["train_s"] - r["gen_s"]

@@ -111,7 +111,7 @@ def test_the_installed_typer_usage_error_is_caught():
     """typer >= 0.2x bundles click: main() must know its classes, whatever click is installed beside it."""
     import typer
 
-    from afina.cli import _cli_errors
+    from afina.options import _cli_errors
 
     usage, exits, _ = _cli_errors()
     try:

@@ -48,11 +48,11 @@ def _trl_rows(worker, tmp_path, completion_only: bool, **train) -> list[tuple[li
     [(False, {"max_length": 40}), (False, {"max_length": 40, "truncation_mode": "keep_end"}), (True, {"max_length": 40})],
 )
 def test_afina_tokenizes_rows_as_sft_trainer_does(worker, tmp_path, completion_only, train):
-    """data._tokenize (public chat-template API, cached per worker) must give the tokens and labels TRL's own preparation gives."""
+    """data_tokens._tokenize (public chat-template API, cached per worker) must give the tokens and labels TRL's own preparation gives."""
     import trl
     from trl import SFTConfig
 
-    from afina import data
+    from afina import data_tokens
     from afina.device import device_defaults
 
     prepared, model, tok = worker
@@ -61,13 +61,13 @@ def test_afina_tokenizes_rows_as_sft_trainer_does(worker, tmp_path, completion_o
         prepared = dataclasses.replace(prepared, slices=keep, eval=[r for r in prepared.eval if len(r.messages) > 1])
         worker = (prepared, model, tok)
     args = SFTConfig(tmp_path, report_to="none", **{**device_defaults(train), **train})
-    ours = data._tokenize(prepared, tok, args, args.max_length, completion_only=completion_only)
+    ours = data_tokens._tokenize(prepared, tok, args, args.max_length, completion_only=completion_only)
     ours = list(zip(ours["input_ids"], ours["labels"], strict=True))
     theirs = _trl_rows(worker, tmp_path, completion_only, **train)
     first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
     assert len(ours) == len(theirs) and first is None, (
-        f"TRL {trl.__version__} prepares SFT rows differently from afina's data._tokenize "
+        f"TRL {trl.__version__} prepares SFT rows differently from afina's data_tokens._tokenize "
         f"({len(theirs)} rows vs {len(ours)}; first difference at row {first}). "
-        "Update data._tokenize to match, or pin trl below this release in pyproject.toml."
+        "Update data_tokens._tokenize to match, or pin trl below this release in pyproject.toml."
     )
     assert any(-100 in labels for _, labels in ours) == completion_only  # the case under test really masks (or not)

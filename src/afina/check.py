@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from afina import audit, data, models, stores
+from afina import audit, audit_report, data, models, stores
 from afina.errors import UserError
 
 if TYPE_CHECKING:
     from afina.spec import Spec
 
 
-def run(spec: Spec, console, json_path: Path | None = None, markdown_path: Path | None = None) -> audit.Report:
+def run(spec: Spec, console, json_path: Path | None = None, markdown_path: Path | None = None) -> audit_report.Report:
     """Load, check with the model's tokenizer, show, write the reports (into new folders if need be)."""
     for out, flag in ((json_path, "--json"), (markdown_path, "--markdown")):
         if out and Path(out).is_dir():
@@ -24,7 +24,7 @@ def run(spec: Spec, console, json_path: Path | None = None, markdown_path: Path 
     prepared = data.prepare(spec, collect=True)
     tokenizer = models.load_tokenizer(models.resolve(spec.model.ref), spec.model.trust_remote_code)
     report = audit.run(spec, prepared, tokenizer)
-    audit.render(report, console)
+    audit_report.render(report, console)
     for out, text in ((json_path, report.to_json), (markdown_path, report.to_markdown)):
         if out:
             try:

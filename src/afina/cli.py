@@ -9,8 +9,10 @@ from typing import Annotated
 
 import typer
 
-from afina.errors import RunFailed, UserError
-from afina.tracking import ARTIFACT_ROOT, MLFLOW_URI  # light: no MLflow import
+from afina import options
+from afina.errors import UserError
+from afina.options import JsonFlag, ModelUriArg, SpecArg, StorageOpt, TrackingOpt
+from afina.tracking import ARTIFACT_ROOT  # light: no MLflow import
 
 # rich_markup_mode=None: plain click help, so `afina --help` never imports rich (a third of its start-up)
 app = typer.Typer(
@@ -20,51 +22,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Iterative fine-tuning sweeps for small LLMs: Optuna searches, TRL trains, MLflow remembers.",
 )
-
-SpecArg = Annotated[Path, typer.Argument(help="Experiment spec (YAML), e.g. experiments/quickstart.yaml")]
-# Precedence: the flag, then AFINA_*, then MLflow's own variable, then the spec (click reads the variables in this order).
-StorageOpt = Annotated[
-    str | None,
-    typer.Option("--storage", envvar="AFINA_OPTUNA_STORAGE", help="Optuna storage URL (default: the spec's tracking.optuna_storage)"),
-]
-TrackingOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--tracking-uri",
-        envvar=["AFINA_TRACKING_URI", "MLFLOW_TRACKING_URI"],
-        help="MLflow tracking URI (default: the spec's tracking.mlflow_uri, else sqlite:///mlruns/mlflow.db)",
-    ),
-]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of the table (for scripts and CI)")]
-
-
-def _offline_defaults() -> None:
-    # afina works offline and sends nothing home unless the user turns it back on.
-    for key, value in {
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-        "TOKENIZERS_PARALLELISM": "false",
-        "TRANSFORMERS_VERBOSITY": "error",
-        "MLFLOW_ENABLE_ASYNC_LOGGING": "true",
-    }.items():
-        os.environ.setdefault(key, value)
-
-
-def _spec(path: Path, storage: str | None = None, tracking_uri: str | None = None):
-    from afina import spec as spec_mod
-
-    spec = spec_mod.load(path)
-    spec.tracking.optuna_storage = storage or spec.tracking.optuna_storage  # the options read their variables
-    spec.tracking.mlflow_uri = tracking_uri or spec.tracking.mlflow_uri
-    return spec
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr)
 
 
 @app.callback()
@@ -96,12 +53,12 @@ def sweep(
     from afina import sweep as sweep_mod
 
     progress = progress and os.environ.get("AFINA_VERBOSITY") != "quiet"
-    s = _spec(spec, storage, tracking_uri)
+    s = options.load_spec(spec, storage, tracking_uri)
     if n_trials is not None:
         if n_trials < 1:
             raise UserError("--n-trials must be at least 1")
         s.search.n_trials = n_trials
-    sweep_mod.run(s, str(spec), _console(), progress=progress)
+    sweep_mod.run(s, str(spec), options.console(), progress=progress)
 
 
 @app.command()
@@ -109,7 +66,7 @@ def status(spec: SpecArg, storage: StorageOpt = None, as_json: JsonFlag = False)
     """Leaderboard of the spec's study: state, objective, params, duration, MLflow run."""
     from afina import status as status_mod
 
-    status_mod.run(_spec(spec, storage), _console(), as_json)
+    status_mod.run(options.load_spec(spec, storage), options.console(), as_json)
 
 
 @app.command()
@@ -126,7 +83,7 @@ def compare(
     """The same prompts answered by the base model, the top-K trials and @champion, side by side."""
     from afina import compare as compare_mod
 
-    compare_mod.run(_spec(spec, storage, tracking_uri), _console(), top, use_judge=judge, slices=slices)
+    compare_mod.run(options.load_spec(spec, storage, tracking_uri), options.console(), top, use_judge=judge, slices=slices)
 
 
 @app.command()
@@ -142,7 +99,7 @@ def ablate(
     """Retrain the best trial's configuration with each searched slice toggled; say which slice helps or hurts."""
     from afina import ablate as ablate_mod
 
-    ablate_mod.run(_spec(spec, storage, tracking_uri), str(spec), _console(), seeds, steps)
+    ablate_mod.run(options.load_spec(spec, storage, tracking_uri), str(spec), options.console(), seeds, steps)
 
 
 @app.command()
@@ -158,14 +115,7 @@ def ui(
     """Open the MLflow UI on the project's store (mlruns/) and print each sweep's runs-table link."""
     from afina import server as server_mod
 
-    raise typer.Exit(server_mod.ui(_tracking_uri(tracking_uri), host, port, artifact_root, workers))
-
-
-ModelUriArg = Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or a model folder")]
-
-
-def _tracking_uri(uri: str | None) -> str:
-    return uri or MLFLOW_URI
+    raise typer.Exit(server_mod.ui(options.mlflow_uri(tracking_uri), host, port, artifact_root, workers))
 
 
 @app.command()
@@ -180,7 +130,7 @@ def promote(
     """Register the best trial and move @champion if it beats the current one. Exit 1 when the gate refuses."""
     from afina import promote as promote_mod
 
-    if not promote_mod.run(_spec(spec, storage, tracking_uri), _console(), trial, force=force, merge=merge):
+    if not promote_mod.run(options.load_spec(spec, storage, tracking_uri), options.console(), trial, force=force, merge=merge):
         raise typer.Exit(1)
 
 
@@ -194,7 +144,7 @@ def refit(
     """Train (or resume) the refit: the winner's configuration with the rest of budget.steps."""
     from afina import refit as refit_mod
 
-    refit_mod.run(_spec(spec, storage, tracking_uri), _console(), trial)
+    refit_mod.run(options.load_spec(spec, storage, tracking_uri), options.console(), trial)
 
 
 @app.command()
@@ -209,7 +159,7 @@ def generate(
     """Answer a prompt (streamed) or a JSONL of prompts with a registered or exported model."""
     from afina import generate as generate_mod
 
-    generate_mod.run(model, prompt, _tracking_uri(tracking_uri), max_new_tokens, temperature, system)
+    generate_mod.run(model, prompt, options.mlflow_uri(tracking_uri), max_new_tokens, temperature, system)
 
 
 @app.command()
@@ -221,7 +171,7 @@ def export(
     """Write a self-contained Hugging Face folder (LoRA merged) that loads with AutoModelForCausalLM."""
     from afina import export as export_mod
 
-    path = export_mod.export(model, out, _tracking_uri(tracking_uri))
+    path = export_mod.export(model, out, options.mlflow_uri(tracking_uri))
     typer.echo(f"exported {model} to {path} (AutoModelForCausalLM.from_pretrained({str(path)!r}))")
 
 
@@ -235,7 +185,7 @@ def rollback(
     """Point @champion back at the previous champion (a swap: the demoted version becomes @previous)."""
     from afina import rollback as rollback_mod
 
-    rollback_mod.run(name, _tracking_uri(tracking_uri), alias, reason, _console())
+    rollback_mod.run(name, options.mlflow_uri(tracking_uri), alias, reason, options.console())
 
 
 @app.command()
@@ -251,7 +201,7 @@ def check(
     from afina import check as check_mod
 
     stdout = str(json_path) == "-"
-    report = check_mod.run(_spec(spec), _console(stderr=stdout), None if stdout else json_path, markdown)
+    report = check_mod.run(options.load_spec(spec), options.console(stderr=stdout), None if stdout else json_path, markdown)
     if stdout:
         typer.echo(report.to_json())
     if report.errors:
@@ -268,7 +218,7 @@ def init(
     """Write experiments/NAME.yaml for a data file (format, slices, eval split, search space), then check it."""
     from afina import init as init_mod
 
-    if init_mod.init(data_file, name, force, _console(), model=model).errors:
+    if init_mod.init(data_file, name, force, options.console(), model=model).errors:
         raise typer.Exit(2)
 
 
@@ -294,69 +244,24 @@ def sync(spec: SpecArg, storage: StorageOpt = None, tracking_uri: TrackingOpt = 
     """Send the MLflow records a sweep kept locally while the tracking server was unreachable."""
     from afina import sync as sync_mod
 
-    typer.echo(sync_mod.run(_spec(spec, storage, tracking_uri)))
-
-
-def _cli_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
-    """(usage errors, exits, aborts) of the click that typer runs on. typer >= 0.2x bundles its own copy
-    (`typer._click`), whose errors are not click's; older typer uses click itself. Catch both."""
-    import importlib
-
-    usage, exits, aborts = [], [typer.Exit], [typer.Abort]
-    for name in ("typer._click.exceptions", "click.exceptions"):
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        usage.append(mod.ClickException)
-        exits += [getattr(mod, "Exit", typer.Exit)]
-        aborts += [getattr(mod, "Abort", typer.Abort)]
-    return tuple(usage), tuple(exits), tuple(aborts)
-
-
-def _usage_line(e: Exception) -> str:
-    """typer's own message, on one line, plus where to read the command's usage."""
-    ctx = getattr(e, "ctx", None)
-    path = getattr(ctx, "command_path", None) or "afina"
-    if type(e).__name__ == "NoArgsIsHelpError":  # `afina` alone: the help was shown above
-        return f"no command given; pick one from the list above, then run `{path} COMMAND --help`"
-    msg = " ".join((e.format_message() if hasattr(e, "format_message") else str(e)).split())
-    msg = msg + " Run" if msg.endswith("?") else msg.rstrip(".") + "; run"
-    return f"{msg} `{path} --help`" if path != "afina" else f"{msg} `afina --help` (or `afina COMMAND --help`)"
+    typer.echo(sync_mod.run(options.load_spec(spec, storage, tracking_uri)))
 
 
 def main() -> None:
     """Every way out is an exit code: 0 done, 1 refused/all trials failed, 2 bad input (one `error:` line), 130 Ctrl-C.
 
     `afina` with no command prints the help on stdout and exits 2 (a usage error, so scripts notice)."""
-    _offline_defaults()
+    options.offline_defaults()
     try:
         code = app(prog_name="afina", standalone_mode=False)  # without standalone mode, typer.Exit(n) comes back as n
         if isinstance(code, int) and code:
             sys.exit(code)
-    except (UserError, RunFailed) as e:
-        from afina.tracking import redact  # the last line of defence: no message shows a password
-
-        print(f"error: {redact(' '.join(str(e).split()))}", file=sys.stderr)
-        sys.exit(1 if isinstance(e, RunFailed) else 2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except BaseException as e:  # typer/click's own classes, resolved only when something escaped
-        if isinstance(e, SystemExit):
+    except SystemExit:
+        raise
+    except BaseException as e:
+        if (code := options.exit_code(e)) is None:
             raise
-        usage, exits, aborts = _cli_errors()
-        if isinstance(e, exits):
-            sys.exit(e.exit_code)
-        if isinstance(e, aborts):
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
-        if not isinstance(e, usage):
-            raise
-        if type(e).__name__ == "NoArgsIsHelpError":
-            print(e.format_message())
-        print(f"error: {_usage_line(e)}", file=sys.stderr)
-        sys.exit(2 if e.exit_code in (1, 2) else e.exit_code)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -6,18 +6,22 @@ The candidate and the current champion are scored with the same metric on the sa
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from afina import data
+from afina import data_tokens
 from afina.errors import UserError
+
+if TYPE_CHECKING:
+    from afina.data_rows import Row
 
 MAX_TOKENS = 1024  # longer promotion rows are truncated (same cut for candidate and champion)
 
 
-def answer_nll(model, tok, rows: list[data.Row], batch_size: int = 8, answers: bool = True) -> float:
+def answer_nll(model, tok, rows: list[Row], batch_size: int = 8, answers: bool = True) -> float:
     """Mean negative log-likelihood per token of each row's final assistant answer.
 
     Teacher-forced, chat template applied, batched. The prompt (everything before the last
-    answer, as `data.answer` splits it for training) is context only, so the score measures the
+    answer, as `data_tokens.answer` splits it for training) is context only, so the score measures the
     answers the model gives, the same tokens a trial's eval loss covers. Rows that answer nothing
     are scored on all tokens; answers=False scores every row on all tokens (token_nll, for specs
     with train.completion_only_loss: false).
@@ -52,7 +56,7 @@ def answer_nll(model, tok, rows: list[data.Row], batch_size: int = 8, answers: b
 def _encode(tok, messages: list[dict], answers: bool = True) -> tuple[list[int], int]:
     """(token ids, index of the first scored token)."""
     full = tok.apply_chat_template(messages, tokenize=False)
-    split = data.answer(messages) if answers else None
+    split = data_tokens.answer(messages) if answers else None
     prefix = tok.apply_chat_template(split[0], tokenize=False, add_generation_prompt=True) if split else ""
     if not full.startswith(prefix):
         prefix = ""
@@ -61,7 +65,7 @@ def _encode(tok, messages: list[dict], answers: bool = True) -> tuple[list[int],
     return seq, max(1, min(len(head), len(seq) - 1))
 
 
-def token_nll(model, tok, rows: list[data.Row], batch_size: int = 8) -> float:
+def token_nll(model, tok, rows: list[Row], batch_size: int = 8) -> float:
     return answer_nll(model, tok, rows, batch_size, answers=False)
 
 
@@ -71,4 +75,4 @@ METRICS: dict[str, tuple[Callable[..., float], bool]] = {"answer_nll": (answer_n
 
 def metric(spec) -> str:
     """The gate scores what the trials were trained and judged on: answers, unless the spec trains all tokens."""
-    return "answer_nll" if data.answer_only(spec.train) else "token_nll"
+    return "answer_nll" if data_tokens.answer_only(spec.train) else "token_nll"

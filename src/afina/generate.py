@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from afina import data, loader, logs, sampling
+from afina import data_read, loader, logs, sampling
 from afina.errors import UserError
 
 
@@ -16,7 +16,7 @@ def run(uri: str, source: str, tracking_uri: str, max_new_tokens: int, temperatu
     logs.quiet()
     rows = None
     if source.endswith(".jsonl") and Path(source).is_file():
-        rows = [r["prompt"] for r in data.prompt_rows(Path(source), source)]
+        rows = [r["prompt"] for r in data_read.prompt_rows(Path(source), source)]
     elif source.endswith(".jsonl"):
         raise UserError(f"{source}: no such file; pass a prompt or an existing .jsonl of {{prompt}} rows")
     with loader.fetched(uri, tracking_uri) as model_dir:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from afina import audit, data, models
+from afina import audit, audit_report, data, data_read, data_rows, models
 from afina import spec as spec_mod
 from afina.errors import UserError
 
@@ -37,10 +37,10 @@ def init(data_file: Path, name: str | None, force: bool, console, model: str = "
     target = folder / f"{name}.yaml"
     if target.exists() and not force:
         raise UserError(f"{target} already exists; pass --force to overwrite it or --name to choose another name")
-    records = data.read(path)
+    records = data_read.read(path)
     if not records:
         raise UserError(f"{data_file}: no rows; afina needs examples to learn from")
-    fmt, col = data.detect(set(records[0]), where=str(data_file))
+    fmt, col = data_rows.detect(set(records[0]), where=str(data_file))
     content = {c for c in col.values() if c}
     column = slice_column(records, content)
     source = os.path.relpath(path.resolve(), folder.resolve())
@@ -100,7 +100,7 @@ def init(data_file: Path, name: str | None, force: bool, console, model: str = "
     console.print(f"wrote [bold]{target}[/] ({len(slices)} slice{'s' * (len(slices) > 1)}, format {fmt}); checking it:")
     final = spec_mod.load(target)  # check what was written, as `afina sweep` will read it
     report = audit.run(final, data.prepare(final, collect=True), tokenizer)
-    audit.render(report, console)
+    audit_report.render(report, console)
     console.print(f"Next: edit {target} if you like, then [bold]afina sweep {target}[/]")
     return report
 
@@ -150,7 +150,7 @@ def _max_length(prepared: data.Prepared, tokenizer) -> int:
     return int(min(1024, max(128, -(-p95 // 64) * 64)))
 
 
-def _prompts(rows: list[data.Row], n: int = 3) -> list[dict]:
+def _prompts(rows: list[data_rows.Row], n: int = 3) -> list[dict]:
     out = []
     for row in rows[:n]:
         users = [m["content"] for m in row.messages if m["role"] == "user"]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from afina import data, judge, models
+from afina import data_read, judge, models
 from afina.errors import UserError, hint
 
 if TYPE_CHECKING:
@@ -123,9 +123,9 @@ def load_scorer(ref: Any, base_dir: Path | str, where: str = "custom") -> Callab
 
 def prompts(spec: Spec) -> list[dict]:
     """The evaluation prompts: the samples prompts plus `evaluate.path` rows ({prompt, reference})."""
-    out = data.prompts(spec)
+    out = data_read.prompts(spec)
     if spec.evaluate.path:
-        out += data.prompt_rows(data.files(spec.evaluate.path, spec.base_dir)[0], spec.evaluate.path, "evaluate ")
+        out += data_read.prompt_rows(data_read.files(spec.evaluate.path, spec.base_dir)[0], spec.evaluate.path, "evaluate ")
     return out
 
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from afina import data, gate, loader, logs, models, pyfunc, registry, spool, story, tracking, winner
+from afina import data, data_read, data_rows, gate, loader, logs, models, pyfunc, registry, spool, story, tracking, winner
 from afina import study as study_mod
 from afina.errors import UserError
 
@@ -55,13 +55,13 @@ def select(study: optuna.Study, spec: Spec, number: int | None):
     return study_mod.best(study, index)
 
 
-def promotion_set(spec: Spec) -> list[data.Row]:
+def promotion_set(spec: Spec) -> list[data_rows.Row]:
     """promote.path if set, else the spec's eval set."""
     if spec.promote.path is None:
         return data.prepare(spec).eval
     rows = []
-    for p in data.files(spec.promote.path, spec.base_dir):
-        rows += data.normalize(data.read(p), p.name)
+    for p in data_read.files(spec.promote.path, spec.base_dir):
+        rows += data_rows.normalize(data_read.read(p), p.name)
     if not rows:
         raise UserError(f"promote.path {spec.promote.path!r} has no rows; point it at held-out prompts with answers")
     return rows
@@ -92,7 +92,7 @@ def run(spec: Spec, console, number: int | None = None, force: bool = False, mer
     ):
         raise UserError(f"trial {trial.number} (run {run_id}) has no checkpoint/ artifact with weights; nothing to promote")
     rows = promotion_set(spec)
-    set_print = data.fingerprint(rows)
+    set_print = data_rows.fingerprint(rows)
     name, alias = spec.model_name, spec.promote.alias
     champion = registry.by_alias(c, name, alias)
     same = champion is not None and champion.tags.get("afina.run_id") == run_id

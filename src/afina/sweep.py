@@ -1,18 +1,17 @@
 """`afina sweep`: validate everything, then create or resume the Optuna study and run trials.
 
 Order matters: spec, data, model and storage URLs are all checked before the first store is
-touched, so bad input leaves no study, run or folder behind.
+touched, so bad input leaves no study, run or folder behind. The trials themselves are taken by
+sweep_work.py, as one of possibly many workers on the study.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from afina import (
-    audit,
+    audit_report,
     baseline,
     budget,
     distinct,
@@ -36,27 +35,12 @@ from afina import study as study_mod
 from afina.context import TrialContext
 from afina.errors import RunFailed
 from afina.inputs import validate  # also `sweep.validate` for callers
+from afina.sweep_work import exclusive, finished, requeue_interrupted, surplus, work
 
 if TYPE_CHECKING:
     import optuna
 
     from afina.spec import Spec
-
-FINISHED = ("COMPLETE", "PRUNED", "FAIL")
-
-
-def finished(study: optuna.Study) -> int:
-    """Trials that used up the budget. A trial that was interrupted, died and was retried, or never
-    trained (a duplicate draw, a surplus one), does not."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs.get("failed_trial") for t in trials}
-    return sum(
-        1
-        for t in trials
-        if t.state.name in FINISHED
-        and t.number not in retried
-        and not (t.state.name == "FAIL" and (t.user_attrs.get("interrupted") or study_mod.skipped(t)))
-    )
 
 
 def run(spec: Spec, spec_path: str, console, progress: bool = True):
@@ -82,7 +66,7 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
     if distributed.rank() > 0:
         return _follow(TrialContext(spec, prepared, model_dir, spec.name, spec.search.directions, lead=False))
     if prepared.report.warnings:
-        audit.render(prepared.report, console, per_kind=3, table=False)
+        audit_report.render(prepared.report, console, per_kind=3, table=False)
     length = budget.trial_steps(spec, sum(map(len, prepared.slices.values())))  # one trial's steps, for the budget
     budget.check(spec, length)
     study = study_mod.open(
@@ -94,7 +78,7 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
     )
     c = study_mod.client(spec)
     # workers starting together share one experiment, parent run and requeue
-    with _exclusive(spec.tracking.optuna_storage, study.study_name):
+    with exclusive(spec.tracking.optuna_storage, study.study_name):
         experiment_id = tracking.experiment(c, spec.experiment, spec.tracking.artifact_root, spec.tracking.mlflow_uri)
         parent_id = tracking.parent_run(c, experiment_id, study, spec, spec_path)
         tracking.log_params(
@@ -104,9 +88,9 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
             | {f"rows.{n}": len(r) for n, r in prepared.slices.items()}
             | {"rows.eval": len(prepared.eval)},
         )
-        audit.log(prepared.report, c, parent_id)  # check/report.json and .md on the parent run
+        audit_report.log(prepared.report, c, parent_id)  # check/report.json and .md on the parent run
         story.set_view(c, experiment_id, spec, _generation(spec, prompts))  # the runs table's columns (the printed link)
-        _requeue_interrupted(study)
+        requeue_interrupted(study)
         seed = distinct.stream_seed(study, spec.search.seed)  # this process's own stream: no repeated draws
         study.sampler = study_mod.sampler(spec.search, seed)
     ctx = TrialContext(spec, prepared, model_dir, study.study_name, spec.search.directions, c, experiment_id, parent_id, prompts)
@@ -134,7 +118,7 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
         bar.update(steps_task, completed=step, total=total, visible=True)
 
     def objective(t):
-        if spec.search.heartbeat and _surplus(study, t, spec.search.n_trials):
+        if spec.search.heartbeat and surplus(study, t, spec.search.n_trials):
             t.set_user_attr("surplus", True)  # another worker took the last place at the same moment
             raise RuntimeError("surplus: the budget is already taken by other workers")
         distinct.check(study, t, space.suggest(t, spec.search.space))  # a repeated draw is skipped, untrained
@@ -166,7 +150,7 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
     try:
         why = None
         with bar:
-            if remaining > 0 and (why := _work(study, objective, after, spec, length, streak, seed)):
+            if remaining > 0 and (why := work(study, objective, after, spec, length, streak, seed)):
                 console.print(why)
             ended = not stop.STOP.is_set() and bool(why or finished(study) >= spec.search.n_trials or not budget.room(study, spec, length))
             if ended:
@@ -260,101 +244,6 @@ def _follow(ctx: TrialContext) -> None:
                 logging.getLogger(__name__).warning("rank %d: %s: %s", distributed.rank(), type(e).__name__, e)
     finally:
         restore()
-
-
-def _work(study: optuna.Study, objective, after, spec: Spec, length: int, streak: list[int], seed: int) -> str | None:
-    """Take trials until the study holds n_trials or the search's share of the budget is spent
-    (budget.py: a trial of `length` steps must fit), as one of possibly many workers; returns why it
-    stopped early, if it did.
-
-    A trial starts only while finished + running trials leave room for it, so workers do not
-    overshoot the budget. With no room, a worker waits while others run: one of them may die, and its
-    retry (queued by Optuna's heartbeat check, which this wait runs) needs a taker. When the sampler
-    keeps repeating itself, an untried set of a finite space is queued by hand (distinct.py).
-    """
-    import warnings
-
-    import optuna
-
-    beat, n = spec.search.heartbeat, spec.search.n_trials
-    deadline = time.monotonic() + spec.search.timeout if spec.search.timeout else None
-    while not stop.STOP.is_set() and finished(study) < n:
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            return None
-        if why := distinct.exhausted(study, spec.search.space):
-            return why
-        if streak[0] >= distinct.PATIENCE:
-            if distinct.size(spec.search.space) is None:
-                return f"the sampler drew {streak[0]} already-tried parameter sets in a row; widen search.space or change the sampler"
-            if (untried := distinct.untried(study, spec.search.space, seed + len(study.trials))) is not None:
-                study.enqueue_trial(untried, user_attrs={"untried_pick": True})
-            streak[0] = 0
-        # WAITING trials (enqueued, requeued, retries) are not counted: optimize() takes them first.
-        live = sum(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False)) if beat else 0
-        fits = budget.room(study, spec, length)
-        if finished(study) + live < n and fits:
-            study.optimize(objective, n_trials=1, timeout=left, catch=(Exception,), callbacks=[after], gc_after_trial=True)
-            continue
-        if not fits and not live:
-            return None  # the budget's search share is spent and no trial is still running
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            optuna.storages.fail_stale_trials(study)
-        time.sleep(min(beat, 5))
-    return None
-
-
-def _surplus(study, t, n: int) -> bool:
-    """Lock-free tie-break for workers that asked for a trial at the same moment: lower numbers win.
-
-    Queued trials (retries of dead workers, requeued interrupted ones) go before fresh ones.
-    """
-    trials = study.get_trials(deepcopy=False)
-    me = next(x for x in trials if x.number == t.number)
-    queued = "fixed_params" in me.system_attrs or "failed_trial" in me.system_attrs
-    ahead = sum(
-        1
-        for x in trials
-        if x.number != t.number
-        and ((x.state.name == "RUNNING" and x.number < t.number) or (x.state.name == "WAITING" and (not queued or x.number < t.number)))
-    )
-    return finished(study) + ahead >= n
-
-
-@contextlib.contextmanager
-def _exclusive(url: str, name: str):
-    """A PostgreSQL advisory lock on the study's name, held by one worker at a time (no-op elsewhere).
-
-    Its own connection to the study's database, not Optuna's (whose engine is private).
-    """
-    import hashlib
-
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-    if engine.dialect.name != "postgresql":
-        yield
-        return
-    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:7], "big")
-    with engine.connect() as conn:
-        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        conn.commit()
-        try:
-            yield
-        finally:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            conn.commit()
-
-
-def _requeue_interrupted(study) -> None:
-    """An interrupted trial is run again with the same params by the next sweep."""
-    requeued = set(study.user_attrs.get("requeued", []))
-    for t in study.get_trials(deepcopy=False):
-        if t.state.name == "FAIL" and t.user_attrs.get("interrupted") and t.number not in requeued:
-            study.enqueue_trial(t.params, user_attrs={"resumes_trial": t.number})
-            requeued.add(t.number)
-            study.set_user_attr("requeued", sorted(requeued))
 
 
 def _best_text(study: optuna.Study) -> str:

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from afina import data, device, distributed, metrics, models, sampling, schedule, tracking
+from afina import data_tokens, device, distributed, metrics, models, sampling, schedule, tracking
 from afina.errors import UserError
 from afina.watch import Watch
 
 if TYPE_CHECKING:
     from afina.context import TrialContext
+    from afina.data_rows import Row
     from afina.spec import Spec
 
 
@@ -28,7 +29,7 @@ class Job:
     """One configuration to train: its rows and settings, and where it writes."""
 
     name: str  # the run's name: "trial-3", "refit-3", ...
-    rows: list[data.Row]
+    rows: list[Row]
     train_kw: dict[str, Any]
     lora_kw: dict[str, Any]
     workdir: Path  # scratch checkpoints (the same folder on every rank)
@@ -133,23 +134,23 @@ def configs(spec: Spec, train_kw: dict, lora_kw: dict, workdir: Path, every: int
     return args, peft_config
 
 
-def datasets(ctx: TrialContext, rows: list[data.Row], tok, args, attn: str | None, train_kw: dict):
-    """Pre-tokenized train/eval rows, answer-only unless train.completion_only_loss is false (data.py), from
+def datasets(ctx: TrialContext, rows: list[Row], tok, args, attn: str | None, train_kw: dict):
+    """Pre-tokenized train/eval rows, answer-only unless train.completion_only_loss is false (data_tokens.py), from
     the worker's token cache (raw rows when TRL must tokenize). The base model's eval loss uses it too."""
     prepared = ctx.prepared
     if ctx.reuse and ctx.model_print is None:
         ctx.model_print = models.fingerprint(ctx.model_dir)  # weights + tokenizer files
-    table = data.tokenized(prepared, tok, ctx.model_print or "", args, models.cache_dir() / "tokens", reuse=ctx.reuse)
+    table = data_tokens.tokenized(prepared, tok, ctx.model_print or "", args, models.cache_dir() / "tokens", reuse=ctx.reuse)
     if table is None:
-        return data.to_dataset(rows), data.to_dataset(prepared.eval)
+        return data_tokens.to_dataset(rows), data_tokens.to_dataset(prepared.eval)
     if attn == "flash_attention_2" and not args.packing and "padding_free" not in train_kw:
         args.padding_free = True  # varlen attention keeps the flattened rows apart: exact, and no padding
     if args.padding_free and not args.packing:
         args.max_length = None  # the cached rows are already cut to max_length (TRL refuses it otherwise)
-    evals = data.to_tokenized_dataset(prepared.eval, table)
+    evals = data_tokens.to_tokenized_dataset(prepared.eval, table)
     if not len(evals):  # every eval answer lies past max_length: there is no loss to judge a trial by
         raise UserError(f"train.max_length {args.max_length} cuts off the answer of every eval row; raise train.max_length")
-    return data.to_tokenized_dataset(rows, table), evals
+    return data_tokens.to_tokenized_dataset(rows, table), evals
 
 
 PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # a checkpoint artifact holds safetensors and text only

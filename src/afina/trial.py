@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from afina import data, distributed, resume, space, story, tracking
+from afina import data, data_rows, distributed, resume, space, story, tracking
 from afina.train import Job, fit
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def run(ctx: TrialContext, trial, on_step: Callable[[int, int], None] | None = N
     try:
         train_kw, lora_kw, choices = space.apply(spec, params)
         rows, counts = data.mix(prepared, choices, spec.data.seed)
-        data_print = data.fingerprint(rows)
+        data_print = data_rows.fingerprint(rows)
         trial.set_user_attr("data_fingerprint", data_print)
         # Every resolved field once; which of them the search picked is in afina.searched and the description.
         tracking.log_params(
