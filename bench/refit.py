@@ -55,6 +55,7 @@ def _one(spec_path: Path, model: str, budget: int, share: float, seed: int, tria
     if trial_steps:
         raw["train"]["max_steps"], raw["train"]["eval_steps"] = trial_steps, max(1, trial_steps // 2)
     raw["search"].update(seed=seed, n_trials=1000)  # the budget decides
+    raw["search"].pop("ablate", None)  # the comparison is search + refit vs one run: no slice ablation
     raw["budget"] = {"steps": budget, "refit": share}
     raw["tracking"] = {
         "mlflow_uri": f"sqlite:///{folder}/mlflow.db",
