@@ -269,7 +269,7 @@ def slices(a) -> dict:
     s.model.ref = common.model_ref(a.model)
     s.tracking.mlflow_uri, s.tracking.optuna_storage = f"sqlite:///{folder}/mlflow.db", f"sqlite:///{folder}/optuna.db"
     s.tracking.artifact_root, s.tracking.checkpoint_dir = str(folder / "artifacts"), str(folder / "checkpoints")
-    s.search.n_trials, s.search.ablate = 1, False
+    s.search.n_trials, s.search.ablate, s.budget = 1, False, None  # one pinned trial; no refit, no ablation inside the sweep
     s.train = {**s.train, "max_steps": a.steps}
     config = {"train.learning_rate": a.lr, "lora.r": 8, "slices.poesia.include": True}
     optuna.create_study(study_name=s.name, storage=s.tracking.optuna_storage).enqueue_trial(config)
