@@ -281,3 +281,19 @@ def test_slice_plot_is_not_drawn_for_a_slice_no_trial_varied():
         optuna.trial.create_trial(params={"slices.recetas.include": False, "train.learning_rate": 1e-3}, distributions=dist, value=2.1)
     )
     assert plots.slice_effect(done, 0, "eval_loss")[0] is not None
+
+
+def test_an_unclear_verdict_names_the_command_for_more_evidence(ablated):
+    """ "no clear effect" on the objective says how to narrow the interval; clear verdicts need no such line."""
+    from afina import findings
+
+    folder, _ = ablated
+    s = _summary(folder)
+    abl = s["ablation"]
+
+    def with_verdict(verdict: str) -> str:
+        rows = [{**r, "verdict": verdict} if r["metric"] == abl["objective"] else r for r in abl["rows"]]
+        return "\n".join(findings.lines({**s, "ablation": {**abl, "rows": rows}}, "spec.yaml"))
+
+    assert f"`afina ablate spec.yaml --seeds {max(5, 2 * abl['k'])}`" in with_verdict("no clear effect")
+    assert "not proof of none" not in with_verdict("hurts")

@@ -37,6 +37,12 @@ def lines(summary: dict | None, spec_path: str | None = None) -> list[str]:
                 out.append("      other metrics: " + " · ".join(_row_text(r, short=True) for r in others))
         if abl.get("failed"):
             out.append(f"  ({abl['failed']} ablation runs failed; their seeds are left out)")
+        unclear = [r for r in abl["rows"] if r["metric"] == abl["objective"] and r["verdict"] == "no clear effect"]
+        if unclear:  # the interval shrinks with more pairs (and longer runs separate the arms more)
+            out.append(
+                f"  No clear effect is not proof of none: `afina ablate {spec_path} --seeds {max(5, 2 * abl['k'])}` "
+                f"(and a larger `--steps`) narrows the interval."
+            )
     if reg and reg.get("effects"):
         out.append(f"Across the sweep's {reg['n']} trials ({reg['method']}; observational, not a controlled test):")
         out += [f"  {key.removeprefix('slices.')}: {_row_text(e)}" for key, e in reg["effects"].items()]
