@@ -301,7 +301,11 @@ def answers(a) -> dict:
         return answers_mod.from_sweeps(Path(a.spec or common.ROOT / "experiments" / "quickstart.yaml"), [Path(f) for f in a.sweeps])
     names = ["quickstart.yaml"] if a.quick else ["quickstart.yaml", "customer_support.yaml"]
     specs = [Path(a.spec)] if a.spec else [common.ROOT / "experiments" / n for n in names]
-    return {p.stem: answers_mod.compare(p, a.model, a.steps, a.lr) for p in specs}
+    out = {}
+    for p in specs:  # each spec's figures are printed as soon as they exist
+        out[p.stem] = answers_mod.compare(p, a.model, a.steps, a.lr)
+        print(f"  answers {p.stem}: {json.dumps(out[p.stem], default=str)}", flush=True)
+    return out
 
 
 COMMANDS = {
