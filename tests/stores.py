@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -136,3 +137,28 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def trial_running(project: Path, number: int, evaluated: bool = False):
+    """A wait_for check: trial `number` of the project's SQLite study is RUNNING in a worker (and, with
+    `evaluated`, has reported an evaluation). Read-only SQL: polling through Optuna would race the
+    worker creating the tables."""
+
+    def check() -> bool:
+        db = project / "mlruns" / "optuna.db"
+        if not db.exists():
+            return False
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT trial_id, state FROM trials WHERE number = ?", (number,)).fetchone()
+            if not row or row[1] != "RUNNING":
+                return False
+            worker = con.execute("SELECT 1 FROM trial_user_attributes WHERE trial_id = ? AND key = 'worker'", (row[0],)).fetchone()
+            evals = con.execute("SELECT count(*) FROM trial_intermediate_values WHERE trial_id = ?", (row[0],)).fetchone()[0]
+            return bool(worker) and (evals > 0 or not evaluated)
+        except sqlite3.Error:
+            return False
+        finally:
+            con.close()
+
+    return check

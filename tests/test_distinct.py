@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 
 import optuna
 
 from afina import distinct
 from afina.sweep import finished
 from conftest import tiny_spec, write_spec
-from stores import sweep, wait_for
+from stores import sweep, trial_running, wait_for
 
 
 def trials(project, name: str = "tiny"):
@@ -72,32 +71,13 @@ def test_a_small_space_skips_repeated_draws_then_stops_when_every_set_was_tried(
     assert code == 0 and "4 trials" in out
 
 
-def _running_trial_0(project):
-    def check():  # read-only SQL: polling through Optuna would race the worker creating the tables
-        db = project / "mlruns" / "optuna.db"
-        if not db.exists():
-            return False
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            row = con.execute("SELECT trial_id, state FROM trials WHERE number = 0").fetchone()
-            if not row or row[1] != "RUNNING":
-                return False
-            return bool(con.execute("SELECT 1 FROM trial_user_attributes WHERE trial_id = ? AND key = 'worker'", (row[0],)).fetchone())
-        except sqlite3.Error:
-            return False
-        finally:
-            con.close()
-
-    return check
-
-
 def test_kill_9_during_trial_0_then_resume_repeats_only_the_retry(project, cli):
     """The held-out run's failure: killed during trial 0 and resumed with --n-trials 3, the new process
     drew trial 0's params again and the heartbeat retried trial 0: three trials, one configuration."""
     spec = tiny_spec(search={"n_trials": 1, "heartbeat": 1}, train={"max_steps": 60, "eval_steps": 10}, samples={"prompts": []})
     path = write_spec(project, spec)
     worker = sweep(path, project, project / "run1.log")
-    wait_for(_running_trial_0(project), 240, "trial 0 to start")
+    wait_for(trial_running(project, 0), 240, "trial 0 to start")
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait(timeout=20)
 

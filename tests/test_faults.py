@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -23,7 +22,7 @@ import pytest
 from afina import models
 from afina.sweep import finished
 from conftest import TIENDA, tiny_spec, write_spec
-from stores import PG, free_port, pg_ok, sweep, wait_for
+from stores import PG, free_port, pg_ok, sweep, trial_running, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -258,29 +257,9 @@ def test_graceful_stop_resumes_and_second_ctrl_c_stops_at_once(project, cli):
     ckpts = project / "mlruns" / "checkpoints" / "tiny"
     study = lambda: optuna.load_study(study_name="tiny", storage=f"sqlite:///{project}/mlruns/optuna.db")  # noqa: E731
 
-    def running(number: int, evaluated: bool):
-        def check():  # read-only SQL: polling through Optuna would race the worker creating the tables
-            db = project / "mlruns" / "optuna.db"
-            if not db.exists():
-                return False
-            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            try:
-                row = con.execute("SELECT trial_id, state FROM trials WHERE number = ?", (number,)).fetchone()
-                if not row or row[1] != "RUNNING":
-                    return False
-                worker = con.execute("SELECT 1 FROM trial_user_attributes WHERE trial_id = ? AND key = 'worker'", (row[0],)).fetchone()
-                evals = con.execute("SELECT count(*) FROM trial_intermediate_values WHERE trial_id = ?", (row[0],)).fetchone()[0]
-                return bool(worker) and (evals > 0 or not evaluated)
-            except sqlite3.Error:
-                return False
-            finally:
-                con.close()
-
-        return check
-
     log = project / "run1.log"
     first = sweep(path, project, log)
-    wait_for(running(0, True), 240, "trial 0 to report an eval")
+    wait_for(trial_running(project, 0, evaluated=True), 240, "trial 0 to report an eval")
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=120) == 130, log.read_text()[-3000:]
     t0 = study().get_trials()[0]
@@ -290,7 +269,7 @@ def test_graceful_stop_resumes_and_second_ctrl_c_stops_at_once(project, cli):
 
     log2 = project / "run2.log"
     second = sweep(path, project, log2)
-    wait_for(running(1, False), 240, "the requeued trial to start")
+    wait_for(trial_running(project, 1), 240, "the requeued trial to start")
     second.send_signal(signal.SIGINT)
     time.sleep(0.5)  # two signals in one instant reach Python as one
     second.send_signal(signal.SIGINT)
