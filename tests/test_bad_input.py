@@ -348,6 +348,51 @@ def test_interrupt_swallowed_by_a_finaliser_still_stops(monkeypatch):
         stop.STOP.clear()
 
 
+def test_a_second_ctrl_c_waits_while_a_run_is_closed_and_a_third_does_not():
+    """The graceful stop's own KeyboardInterrupt and the user's second Ctrl-C often land together:
+    inside stop.shield() (closing the trial's MLflow run) that second one is held, a third is not."""
+    from afina import stop
+
+    restore = stop.install_stop()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # first: graceful
+        assert stop.STOP.is_set()
+        closed = []
+        with stop.shield():
+            os.kill(os.getpid(), signal.SIGINT)  # second, during the clean-up: held
+            closed.append("run")
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)  # third: the user means it
+        assert closed == ["run"]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # outside a clean-up, the second Ctrl-C stops at once
+    finally:
+        restore()
+        stop.STOP.clear()
+
+
+def test_a_continued_trial_closes_the_run_its_interrupted_predecessor_left_running(project):
+    """If a hard stop still cut a trial's clean-up short, the trial that continues it closes its run."""
+    import optuna
+    from mlflow import MlflowClient
+
+    from afina import resume, spec
+
+    s = spec.load(write_spec(project, tiny_spec()))
+    c = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")
+    left = c.create_run(c.create_experiment("tiny")).info.run_id
+    study = optuna.create_study(study_name="tiny", storage=f"sqlite:///{project}/mlruns/optuna.db")
+    t0 = study.ask({"lr": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)})
+    t0.set_user_attr("mlflow_run_id", left)
+    t0.set_user_attr("interrupted", True)
+    study.tell(t0, state=optuna.trial.TrialState.FAIL)
+    study.enqueue_trial(t0.params, user_attrs={"resumes_trial": t0.number})
+    t1 = study.ask()
+    assert resume.resume_point(s, t1, c, "tiny") == (None, [])  # no checkpoint was left
+    run = c.get_run(left)
+    assert run.info.status == "FAILED" and run.data.tags["afina.reason"] == "interrupted; trial 1 continues it"
+
+
 def _setup_state(pid: int) -> tuple[bool, bool]:
     """(torch is mapped, SIGINT has a handler) for a running process, from /proc."""
     try:

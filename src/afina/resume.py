@@ -17,7 +17,8 @@ def resume_point(spec: Spec, trial, c, study_name: str) -> tuple[Path | None, li
 
     A retry of a dead worker's trial (Optuna's `failed_trial`/`retry_history`) or a requeued
     interrupted one (`resumes_trial`) has the same params; it picks up the newest checkpoint any of
-    its predecessors left. Whoever retries a dead trial also closes that trial's MLflow run.
+    its predecessors left. Whoever continues a trial also closes its predecessors' MLflow runs that
+    were left RUNNING (a dead worker's, or one whose clean-up a hard stop cut short).
     """
     trials = {x.number: x for x in trial.study.get_trials(deepcopy=False)}
     t = trials[trial.number]
@@ -30,21 +31,25 @@ def resume_point(spec: Spec, trial, c, study_name: str) -> tuple[Path | None, li
         sources.append(n)
         p = trials[n]
         todo += [*p.system_attrs.get("retry_history", []), *([p.user_attrs["resumes_trial"]] if "resumes_trial" in p.user_attrs else [])]
-    if history and t.user_attrs.get("mlflow_run_id"):  # the user attrs were copied from the dead trial
-        dead = t.user_attrs["mlflow_run_id"]
-        try:
-            if c.get_run(dead).info.status == "RUNNING":
-                tracking.finish(
-                    c,
-                    dead,
-                    "FAIL",
-                    f"worker {t.user_attrs.get('worker', '?')} died (no heartbeat); trial {history[-1]} is retried as trial {trial.number}",
-                )
-        except Exception:  # noqa: S110 - the run may be gone with a wiped store; nothing to close
-            pass
+    for n in sources:  # each predecessor is over: a dead worker's (retried) or an interrupted one (requeued)
+        if dead := trials[n].user_attrs.get("mlflow_run_id"):
+            why = (
+                f"worker {trials[n].user_attrs.get('worker', '?')} died (no heartbeat); trial {n} is retried as trial {trial.number}"
+                if n in history
+                else f"interrupted; trial {trial.number} continues it"
+            )
+            _close(c, dead, why)
     root = Path(spec.tracking.checkpoint_dir) / study_name
     folders = [root / f"trial-{n}" for n in sources]
     return latest(*folders), [f for f in folders if f.is_dir()]
+
+
+def _close(c, run_id: str, why: str) -> None:
+    try:
+        if c.get_run(run_id).info.status == "RUNNING":
+            tracking.finish(c, run_id, "FAIL", why)
+    except Exception:  # noqa: S110 - the run may be gone with a wiped store; nothing to close
+        pass
 
 
 def latest(*folders: Path) -> Path | None:

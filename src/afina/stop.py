@@ -7,9 +7,11 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 STOP = threading.Event()  # set by the first Ctrl-C/SIGTERM; trial._Watch checkpoints and stops
+_SHIELD = {"depth": 0, "held": False}  # inside shield(): one more Ctrl-C is held so the records get closed
 
 
 def install_setup_stop() -> Callable[[], object]:
@@ -60,9 +62,27 @@ def install_stop() -> Callable[[], object]:
 
     def handler(signum, frame):
         if STOP.is_set():
+            if _SHIELD["depth"] and not _SHIELD["held"]:
+                _SHIELD["held"] = True
+                sys.stderr.write("\nstopping: closing the run's records first; press Ctrl-C again to abandon them\n")
+                return
             raise KeyboardInterrupt
         STOP.set()
         sys.stderr.write("\nstopping: the running trial saves a checkpoint and stops after this step; press Ctrl-C again to stop at once\n")
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     return lambda: [signal.signal(s, h) for s, h in old.items()]
+
+
+@contextmanager
+def shield() -> Iterator[None]:
+    """Closing a run's records (its MLflow status, the trial's reason): the graceful stop's own
+    KeyboardInterrupt often lands a moment before the user's second Ctrl-C, which then cut the
+    clean-up short and left the run RUNNING forever. Inside, that Ctrl-C waits; a third one does not."""
+    _SHIELD["depth"] += 1
+    try:
+        yield
+    finally:
+        _SHIELD["depth"] -= 1
+        if not _SHIELD["depth"]:
+            _SHIELD["held"] = False

@@ -170,10 +170,11 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        distributed.share(None)  # the other ranks' sweep ends with this one
+        with stop.shield():  # the parent run is closed even if Ctrl-C is pressed again now
+            distributed.share(None)  # the other ranks' sweep ends with this one
+            c.set_terminated(parent_id, status="KILLED" if interrupted else "FINISHED")
+            c.settle()
         restore()
-        c.set_terminated(parent_id, status="KILLED" if interrupted else "FINISHED")
-        c.settle()
         if kept := spool.pending(c.folder):
             console.print(
                 f"[yellow]warning:[/] {kept} MLflow records are kept in {c.folder}; run `afina sync {spec_path}` when the server is back"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from afina import data, data_rows, distributed, resume, space, story, tracking
+from afina import data, data_rows, distributed, resume, space, stop, story, tracking
 from afina.train import Job, fit
 
 if TYPE_CHECKING:
@@ -72,22 +72,25 @@ def run(ctx: TrialContext, trial, on_step: Callable[[int, int], None] | None = N
         )  # under torchrun the other ranks train it with us
         values = fit(ctx, trial, Job(f"{role}-{trial.number}", rows, train_kw, lora_kw, workdir, run_id, resumed, on_step))
     except optuna.TrialPruned as e:
-        trial.set_user_attr("prune_reason", tracking.redact(str(e)) or "pruned")
-        tracking.finish(c, run_id, "PRUNED", str(e) or "pruned")
-        shutil.rmtree(workdir, ignore_errors=True)
+        with stop.shield():
+            trial.set_user_attr("prune_reason", tracking.redact(str(e)) or "pruned")
+            tracking.finish(c, run_id, "PRUNED", str(e) or "pruned")
+            shutil.rmtree(workdir, ignore_errors=True)
         raise
     except BaseException as e:
-        reason = tracking.redact(f"{type(e).__name__}: {e}".strip())
-        c.log_text(run_id, tracking.redact(traceback.format_exc()), "error.txt")
-        trial.set_user_attr("fail_reason", reason[:500])
-        if isinstance(e, KeyboardInterrupt):
-            trial.set_user_attr("interrupted", True)  # the next sweep runs these params again
-        tracking.finish(c, run_id, "FAIL", reason)
-        if not isinstance(e, KeyboardInterrupt):
-            for folder in (workdir, *consumed):
-                shutil.rmtree(folder, ignore_errors=True)
+        with stop.shield():  # a second Ctrl-C must not leave this run RUNNING
+            reason = tracking.redact(f"{type(e).__name__}: {e}".strip())
+            if isinstance(e, KeyboardInterrupt):
+                trial.set_user_attr("interrupted", True)  # the next sweep runs these params again
+            trial.set_user_attr("fail_reason", reason[:500])
+            c.log_text(run_id, tracking.redact(traceback.format_exc()), "error.txt")
+            tracking.finish(c, run_id, "FAIL", reason)
+            if not isinstance(e, KeyboardInterrupt):
+                for folder in (workdir, *consumed):
+                    shutil.rmtree(folder, ignore_errors=True)
         raise
-    tracking.finish(c, run_id, "COMPLETE")
+    with stop.shield():
+        tracking.finish(c, run_id, "COMPLETE")
     for folder in consumed:  # the predecessors' checkpoints were used up
         shutil.rmtree(folder, ignore_errors=True)
     return values[0] if len(values) == 1 else values
