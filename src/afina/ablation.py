@@ -27,6 +27,7 @@ from afina.errors import UserError
 
 if TYPE_CHECKING:
     from afina.context import TrialContext
+    from afina.spec import Spec
 
 SKIP = ("train_loss", "train_runtime", "train_tokens")  # not comparable across mixtures, or not a quality
 
@@ -40,20 +41,20 @@ class Arm:
     change: str  # "poesia include false → true", always from less to more of the slice
 
 
-def objective(spec) -> tuple[int, str]:
+def objective(spec: Spec) -> tuple[int, str]:
     name = spec.promote.objective or spec.search.objectives[0]
     if name not in spec.search.objectives:
         raise UserError(f"promote.objective {name!r} is not one of search.objective {spec.search.objectives}")
     return spec.search.objectives.index(name), name
 
 
-def completed(spec, study) -> list[tuple[dict, float, int]]:
+def completed(spec: Spec, study) -> list[tuple[dict, float, int]]:
     """(params, objective value, number) of every COMPLETE trial."""
     i, _ = objective(spec)
     return [(t.params, t.values[i], t.number) for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.values]
 
 
-def best_trial(spec, study) -> tuple[dict, int]:
+def best_trial(spec: Spec, study) -> tuple[dict, int]:
     i, name = objective(spec)
     done = [(p, v, n) for p, v, n in completed(spec, study) if math.isfinite(v)]
     if not done:
@@ -63,7 +64,7 @@ def best_trial(spec, study) -> tuple[dict, int]:
     return params, number
 
 
-def arms(spec, params: dict) -> tuple[list[Arm], list[str]]:
+def arms(spec: Spec, params: dict) -> tuple[list[Arm], list[str]]:
     """The reference and one arm per changed slice choice; notes say what was left out and why."""
     out, notes = [Arm("reference", None, None, False, "")], []
     for key, dim in spec.search.space.items():
@@ -165,7 +166,7 @@ def run(ctx: TrialContext, study, seeds: int = 3, steps: int | None = None, cons
 
 
 def summarize(
-    spec, plan: list[Arm], seeds: list[int], results: dict, number: int, steps, failed: int, notes: list[str], command: str
+    spec: Spec, plan: list[Arm], seeds: list[int], results: dict, number: int, steps, failed: int, notes: list[str], command: str
 ) -> dict:
     """Noise floor per metric from the reference arm; each arm's change as a paired effect."""
     _, obj = objective(spec)
@@ -199,7 +200,7 @@ def summarize(
     }
 
 
-def across_trials(spec, study) -> dict:
+def across_trials(spec: Spec, study) -> dict:
     """The regression over the sweep's own trials, and the RegMix mixture for searched weights."""
     i, obj = objective(spec)
     trials = [(p, v) for p, v, _ in completed(spec, study)]
@@ -213,7 +214,7 @@ def across_trials(spec, study) -> dict:
     return out
 
 
-def record(spec, study, c, parent_id: str | None, summary: dict) -> dict:
+def record(spec: Spec, study, c, parent_id: str | None, summary: dict) -> dict:
     """Keep the summary on the study (status reads it from there) and on the sweep's parent run."""
     study.set_user_attr("verdicts", summary)
     if not parent_id:

@@ -193,7 +193,7 @@ def _balance(spec: Spec, prepared: data.Prepared, add) -> None:
                 )
 
 
-def _searched_eval(spec, add) -> None:
+def _searched_eval(spec: Spec, add) -> None:
     """The eval (or promotion) set holds rows out of a slice the search varies: the objective then rewards
     mixes that train on that slice. Right when it is the task being measured; say so either way."""
     if spec.data.eval.split is None:

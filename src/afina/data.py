@@ -39,7 +39,15 @@ class Prepared:
 
 
 def load_rows(
-    spec, paths, label: str, fmt="auto", columns=None, system=None, filt=None, cache: dict | None = None, issues: list[Issue] | None = None
+    spec: Spec,
+    paths,
+    label: str,
+    fmt="auto",
+    columns=None,
+    system=None,
+    filt=None,
+    cache: dict | None = None,
+    issues: list[Issue] | None = None,
 ) -> list[Row]:
     """Rows of one source (file, glob, list, hub id), filtered by `filt` and mapped."""
     cache = {} if cache is None else cache

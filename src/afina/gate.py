@@ -13,6 +13,7 @@ from afina.errors import UserError
 
 if TYPE_CHECKING:
     from afina.data_rows import Row
+    from afina.spec import Spec
 
 MAX_TOKENS = 1024  # longer promotion rows are truncated (same cut for candidate and champion)
 
@@ -73,6 +74,6 @@ def token_nll(model, tok, rows: list[Row], batch_size: int = 8) -> float:
 METRICS: dict[str, tuple[Callable[..., float], bool]] = {"answer_nll": (answer_nll, True), "token_nll": (token_nll, True)}
 
 
-def metric(spec) -> str:
+def metric(spec: Spec) -> str:
     """The gate scores what the trials were trained and judged on: answers, unless the spec trains all tokens."""
     return "answer_nll" if data_tokens.answer_only(spec.train) else "token_nll"

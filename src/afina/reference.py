@@ -120,7 +120,7 @@ def _alive(worker: str) -> bool:
         return True
 
 
-def counts(spec, prepared, prompts: list[dict]) -> dict[str, int]:
+def counts(spec: Spec, prepared, prompts: list[dict]) -> dict[str, int]:
     """n behind each result: eval rows for the loss, prompts (with a reference where the metric needs one)."""
     with_ref = sum(1 for p in prompts if p.get("reference"))
     out = {"eval_loss": len(prepared.eval)}

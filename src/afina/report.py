@@ -276,7 +276,7 @@ def markdown(text: str) -> str:
     return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
 
 
-def _registry_section(spec, c) -> str:
+def _registry_section(spec: Spec, c) -> str:
     """Which version holds the promotion alias, once `afina promote` moved it."""
     try:
         mv = c.get_model_version_by_alias(spec.model_name, spec.promote.alias)

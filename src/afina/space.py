@@ -132,7 +132,7 @@ def _fits(hint: Any, value: Any) -> str | None:
         return _WORDS.get(args[0]) if len(args) == 1 else "of type " + " or ".join(getattr(a, "__name__", str(a)) for a in args)
 
 
-def points(spec) -> list[tuple[str, dict[str, Any]]]:
+def points(spec: Spec) -> list[tuple[str, dict[str, Any]]]:
     """The settings a trial can meet at the edges: the fixed spec, then each dimension at each end
     (numeric: low and the highest reachable value) and at every categorical choice, the others fixed."""
     out: list[tuple[str, dict[str, Any]]] = [("the spec's fixed train/lora settings", {})]

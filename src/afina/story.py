@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from afina import findings
+
+if TYPE_CHECKING:
+    from afina.spec import Spec
 
 NOTE = "mlflow.note.content"
 VIEW_KEY = "afina"
@@ -38,7 +41,7 @@ def link(experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
 # ---------------------------------------------------------------- the runs table
 
 
-def view_state(spec, generation: list[str]) -> dict[str, Any]:
+def view_state(spec: Spec, generation: list[str]) -> dict[str, Any]:
     """Search facets + columns of the runs table: objectives, eval loss, generation metrics, searched params."""
     metrics = [metric_name(o) for o in spec.search.objectives]
     metrics += [m for m in ("best_eval_loss", *generation) if m not in metrics]
@@ -61,14 +64,14 @@ def view_state(spec, generation: list[str]) -> dict[str, Any]:
     }
 
 
-def set_view(c, experiment_id: str, spec, generation: list[str]) -> None:
+def set_view(c, experiment_id: str, spec: Spec, generation: list[str]) -> None:
     c.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(view_state(spec, generation)))
 
 
 # ---------------------------------------------------------------- the sweep (parent run)
 
 
-def sweep_note(spec, study, experiment_id: str, spec_path: str, data_verdict: str | None = None) -> str:
+def sweep_note(spec: Spec, study, experiment_id: str, spec_path: str, data_verdict: str | None = None) -> str:
     """The parent run's description: winner, gain over the base model, trial counts, data verdict.
 
     `data_verdict` is the slice verdicts' summary once they exist; until then the note says so.

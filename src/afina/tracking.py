@@ -254,7 +254,7 @@ def dump_spec(spec: Spec, overrides: dict[str, Any] | None = None) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
-def log_datasets(c, run_id: str, spec, prepared, counts: dict[str, int] | None = None) -> None:
+def log_datasets(c, run_id: str, spec: Spec, prepared, counts: dict[str, int] | None = None) -> None:
     """The data slices a run used, as MLflow dataset inputs (the runs table's Dataset column).
 
     `counts`: rows used per slice (a trial); None logs the eval set alone (the baseline). Best effort:
