@@ -237,3 +237,99 @@ def test_budget_arithmetic_on_a_study():
     running.set_user_attr("steps", 2)
     assert not budget.room(study, spec(steps=60, refit=0.5), 10)  # 18 finished + 10 running (at full length) + 10 > 30
     assert budget.spent(study) == 20 and budget.sweep_steps(study) == 20
+
+
+def test_multi_objective_refit_choice_worse_refit_and_a_sweep_that_did_not_pay(tmp_path):
+    """Over a real (in-memory) two-objective study and a real MLflow store: the refit's trial is picked by
+    promote.objective (or the user is told to pick); a refit worse than its trial on that objective leaves
+    the trial as the candidate; a default run that beats the sweep's model gets a plain "did NOT beat"."""
+    import io
+
+    from mlflow import MlflowClient
+    from rich.console import Console
+
+    from afina import paid, winner
+    from afina import spec as spec_mod
+    from afina.errors import UserError
+
+    c = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = c.create_experiment("tiny", artifact_location=(tmp_path / "artifacts").as_uri())
+    prompts = [f"p{i}" for i in range(4)]
+
+    def run(name: str, chrf: list[float]) -> str:
+        rid = c.create_run(exp, run_name=name).info.run_id
+        c.log_table(rid, {"prompt": prompts, "output": ["a"] * 4, "chrf": chrf}, "samples.json")
+        c.log_param(rid, "rows.eval", 8)
+        return rid
+
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    study.set_user_attr("objectives", ["eval_loss", "chrf"])
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for x, values in ((0.1, [1.0, 30.0]), (0.2, [0.9, 20.0]), (0.3, [1.2, 25.0])):  # trial 1: lowest loss; trial 0: best chrf
+        rid = run(f"trial-{len(study.trials)}", [values[1]] * 4)
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=values,
+                params={"x": x},
+                distributions=dist,
+                user_attrs={"mlflow_run_id": rid, "results": {"eval_loss": values[0], "chrf": values[1]}},
+            )
+        )
+
+    def spec(objective: str | None):
+        return spec_mod.Spec.model_validate({**tiny_spec(), "promote": {"objective": objective}, "budget": {"steps": 40}})
+
+    with pytest.raises(UserError, match=r"objectives \['eval_loss', 'chrf'\]; set promote.objective or run `afina refit SPEC --trial N`"):
+        winner.pick(study, spec(None))
+    assert winner.pick(study, spec("chrf")).number == 0 and winner.pick(study, spec("eval_loss")).number == 1
+
+    said = io.StringIO()
+    console = Console(file=said, width=300)
+    trial0 = study.trials[0]
+    # the refit of trial 0 has a lower loss but a worse chrf: on promote.objective chrf it does not beat its trial
+    worse = run("refit-0", [28.0, 27.0, 29.0, 28.0])
+    study.set_user_attr(
+        "refit",
+        {"state": "COMPLETE", "of": 0, "steps": 20, "run_id": worse, "values": [0.8, 28.0], "results": {"eval_loss": 0.8, "chrf": 28.0}},
+    )
+    assert winner.prefer(study, spec("chrf"), trial0, console) is trial0
+    assert "chrf 28 does not beat the trial's 30; the trial is the candidate" in said.getvalue()
+    assert winner.lineage(trial0) == {"afina.source": "trial"}
+    assert paid.sweep_model(study, spec("chrf"))[0] == "trial 0"
+
+    better = run("refit-0b", [33.0, 32.0, 34.0, 33.0])
+    study.set_user_attr(
+        "refit",
+        {
+            "state": "COMPLETE",
+            "of": 0,
+            "of_run_id": trial0.user_attrs["mlflow_run_id"],
+            "steps": 20,
+            "run_id": better,
+            "values": [1.1, 33.0],
+            "results": {"eval_loss": 1.1, "chrf": 33.0},
+        },
+    )
+    chosen = winner.prefer(study, spec("chrf"), trial0, console)
+    assert isinstance(chosen, winner.Refit) and chosen.user_attrs["mlflow_run_id"] == better
+    assert winner.lineage(chosen)["afina.refit_of_run_id"] == trial0.user_attrs["mlflow_run_id"]
+
+    # a default run of equal compute that answers better on chrf, paired prompt by prompt
+    ref = run("reference", [40.0, 41.0, 39.0, 42.0])
+    study.set_user_attr("reference", {"run_id": ref, "steps": 40, "results": {"eval_loss": 1.0, "chrf": 40.5}})
+    parent = c.create_run(exp, run_name="sweep-tiny").info.run_id
+    v = paid.record(spec("chrf"), study, c, parent)
+    assert v["model"] == "refit of trial 0" and v["objective"] == "chrf" and not v["beat_objective"]
+    rows = {r["metric"]: r for r in v["rows"]}
+    assert rows["chrf"]["verdict"] == "worse" and rows["chrf"]["n"] == 4 and rows["chrf"]["diff"] == pytest.approx(33.0 - 40.5)
+    assert rows["chrf"]["se"] == pytest.approx(0.9574, abs=1e-3)  # sd of the paired differences (-7, -9, -5, -9) / sqrt(4)
+    headline = paid.headline(v)
+    assert (
+        headline.startswith("no: the sweep's model (refit of trial 0, ")
+        and "did NOT beat one default run of equal compute on the objective (chrf)" in headline
+    )
+    lines = paid.lines(study)
+    assert lines[1] == f"Did the sweep pay? {headline}" and any(
+        line.startswith("  chrf: 33 vs 40.5  -7.5 ± 0.96 (paired SE), n=4  → worse") for line in lines
+    )
+    assert c.get_run(parent).data.tags["afina.paid"] == headline

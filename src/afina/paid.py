@@ -71,6 +71,7 @@ def record(spec: Spec, study: optuna.Study, c, parent_id: str) -> dict | None:
     n = (winner.state(study).get("n") or {}) if label.startswith("refit") else {}
     n = n or rec.get("n") or winner.sizes(spec, _eval_rows(c, run_id), metrics.prompts(spec))
     objectives = study_mod.objectives(study)
+    main = objectives[winner.objective_index(study, spec) or 0]  # a multi-objective study is judged on promote.objective
     scores = (_scores(c, run_id), _scores(c, ref_run))
     rows = []
     for name in [*objectives, *sorted(k for k in results if k not in objectives and k not in SKIP)]:
@@ -108,7 +109,8 @@ def record(spec: Spec, study: optuna.Study, c, parent_id: str) -> dict | None:
         "sweep_steps": budget.sweep_steps(study),
         "reference_steps": rec.get("steps") or _steps(c, ref_run),
         "rows": rows,
-        "beat_objective": bool(rows) and rows[0]["objective"] and rows[0]["verdict"] == "better",
+        "objective": main,
+        "beat_objective": any(r["metric"] == main and r["verdict"] == "better" for r in rows),
         "beat_all": bool(judged) and all(r["verdict"] == "better" for r in judged),
     }
     study.set_user_attr(ATTR, verdict)
@@ -120,12 +122,13 @@ def record(spec: Spec, study: optuna.Study, c, parent_id: str) -> dict | None:
 
 def headline(v: dict) -> str:
     steps = f"{v['sweep_steps']} steps vs {v['reference_steps'] or '?'}"
+    on = f"the objective ({v['objective']})" if v.get("objective") else "the objective"
     if v["beat_all"]:
         return f"yes: the sweep's model ({v['model']}, {steps}) beat one default run of equal compute on every measure"
     if v["beat_objective"]:
         lost = [r["metric"] for r in v["rows"] if r["verdict"] not in ("better", "n/a")]
-        return f"partly: the sweep's model ({v['model']}, {steps}) beat the default run on the objective, not on {', '.join(lost)}"
-    return f"no: the sweep's model ({v['model']}, {steps}) did NOT beat one default run of equal compute on the objective"
+        return f"partly: the sweep's model ({v['model']}, {steps}) beat the default run on {on}, not on {', '.join(lost)}"
+    return f"no: the sweep's model ({v['model']}, {steps}) did NOT beat one default run of equal compute on {on}"
 
 
 def lines(study: optuna.Study) -> list[str]:
