@@ -105,3 +105,5 @@ def test_customer_support_example_sweeps_category_weights(project, cli):
         p = run.data.params
         assert {f"slices.{n}.weight" for n in raw["data"]["slices"]} <= set(p)
         assert int(p["rows.train"]) == sum(int(p[f"rows.{n}"]) for n in raw["data"]["slices"]) > 0
+        # a constant learning rate is a param, not a flat curve that MLflow's chart draws at "0"
+        assert float(p["train.learning_rate"]) > 0 and "learning_rate" not in run.data.metrics and "loss" in run.data.metrics

@@ -139,6 +139,15 @@ def test_sweep_trials_carry_run_ids(swept):
         assert run.data.params["slices.poesia.include"] == json.dumps(t.params["slices.poesia.include"])
         assert not {"epoch", "eval_runtime", "num_input_tokens_seen"} & set(run.data.metrics)  # Trainer's counters stay out
         assert run.data.metrics["best_eval_loss"] == pytest.approx(t.value)
+        # the runs table's Dataset column: every slice the trial trained on, with its rows, and the eval set
+        used = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+        trained = {n for n in ("faq", "productos", "poesia") if int(run.data.params[f"rows.{n}"])}
+        assert set(used) == trained | {"eval"}, used
+        for name, d in used.items():
+            assert [(tag.key, tag.value) for tag in d.tags] == [("mlflow.data.context", "eval" if name == "eval" else "training")]
+            rows = run.data.params["rows.eval" if name == "eval" else f"rows.{name}"]
+            assert json.loads(d.dataset.profile) == {"num_rows": int(rows)}
+            assert d.dataset.digest == run.data.params["data.eval" if name == "eval" else f"data.slice.{name}"][:36]
 
 
 def test_sweep_params_follow_slice_choices(swept):
@@ -252,6 +261,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def descendants(pid: int) -> list[str]:
+    """The command lines of every process below `pid` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])  # field 4, after "(comm)"
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            with contextlib.suppress(OSError):
+                out.append((Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return out
+
+
 def test_ui_serves_the_store(swept):
     folder, _ = swept
     port = _free_port()
@@ -278,6 +303,11 @@ def test_ui_serves_the_store(swept):
             f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny", timeout=10
         ) as r:
             assert json.load(r)["experiment"]["name"] == "tiny"
+        # one server process with one worker, and no job runner beside it (a 2-core machine serves one person)
+        cmds = descendants(proc.pid)
+        servers = [c for c in cmds if "uvicorn" in c or "gunicorn" in c]
+        assert len(servers) == 1 and "--workers 1" in servers[0], cmds
+        assert len(cmds) == 2 and not [c for c in cmds if "huey" in c or "job" in c], cmds  # `mlflow ui` and its server
         # SIGTERM to `afina ui` alone reaches the server it started: it stops, and nothing keeps the port
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

@@ -85,8 +85,6 @@ def run(backend: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000,
     cmd = command(dest, host, port, workers, auth)
     # become the server: signals reach it directly, nothing is left behind; the URI travels in the environment
     os.execve(cmd[0], cmd, environment(backend))
-    cmd = command(backend, dest, host, port, workers, auth)
-    os.execv(cmd[0], cmd)  # become the server: signals reach it directly, nothing is left behind
 
 
 def ui(uri: str, host: str, port: int, artifact_root: str | None = None, workers: int = 1) -> int:
