@@ -71,3 +71,28 @@ def test_afina_tokenizes_rows_as_sft_trainer_does(worker, tmp_path, completion_o
         "Update data_tokens._tokenize to match, or pin trl below this release in pyproject.toml."
     )
     assert any(-100 in labels for _, labels in ours) == completion_only  # the case under test really masks (or not)
+
+
+def test_mlflow_resolves_relocatable_artifacts_through_afinas_entry_point(tmp_path):
+    """MLflow loads afina's `mlflow.artifact_repository` entry point (its public plugin route), and the one
+    private call left (the registry, for a checkout not reinstalled) still exists under that name."""
+    import subprocess
+    import sys
+
+    import mlflow
+    from mlflow.store.artifact import artifact_repository_registry as registry
+
+    from afina import artifacts
+
+    # a fresh interpreter: plain MLflow, afina never imported by hand
+    code = (
+        "from mlflow.store.artifact.artifact_repository_registry import get_registered_artifact_repositories as g;"
+        "f = g()['mlflow-artifacts']; print(f.__module__, f.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["afina.artifacts", "repository"], f"MLflow {mlflow.__version__} did not load afina's entry point: {out}"
+    assert hasattr(registry, "_artifact_repository_registry"), f"MLflow {mlflow.__version__} renamed its artifact registry"
+    artifacts.register()
+    store = tmp_path / "mlruns" / "mlflow.db"
+    repo = registry.get_artifact_repository("mlflow-artifacts:/1/abc/artifacts", tracking_uri=f"sqlite:///{store}")
+    assert repo.artifact_dir == str(tmp_path / "mlruns" / "artifacts" / "1" / "abc" / "artifacts")  # beside the store

