@@ -148,6 +148,10 @@ def test_ui_link_descriptions_evaluation_and_gate(store, tmp_path):
                 expect(page.locator(".ag-header-cell[col-id='metrics.`chrf`']")).to_be_visible()
                 expect(page.locator(".ag-header-cell[col-id='params.`train.learning_rate`']")).to_be_visible()
                 page.screenshot(path=shots / "1-runs-table.png")
+                # the sweep's row shows its winner's objective in the trials' column (it was "-" before)
+                row = page.locator(".ag-row", has_text="sweep-tiny").first.get_attribute("row-index")  # name and metrics: two row parts
+                chrf = page.locator(f".ag-row[row-index='{row}'] .ag-cell[col-id='metrics.`chrf`']").first
+                expect(chrf).to_have_text(re.compile(r"^\d"))
                 sweep_row = page.locator(".ag-row", has_text="sweep-tiny").first
                 sweep_row.locator("button").first.click()  # collapse: the trials are the sweep's children
                 expect(table.get_by_text("trial-0", exact=True)).to_have_count(0)

@@ -118,6 +118,11 @@ def test_sweep_parent_and_children(swept):
     )
     assert "3 trials: 3 complete, 0 pruned, 0 failed" in note and "**Data:**" in note
     assert parent.data.metrics["trials_complete"] == 3 and parent.data.metrics["best_eval_loss"] == pytest.approx(s.best_value)
+    # the sweep's row fills the trials' columns with its winner's numbers
+    won = s.best_trial.user_attrs["results"]
+    assert {k: parent.data.metrics[k] for k in ("rougeL", "chrf", "length")} == pytest.approx(
+        {k: won[k] for k in ("rougeL", "chrf", "length")}
+    )
     assert not scratch_left(folder)
 
 

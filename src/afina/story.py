@@ -116,7 +116,8 @@ def sweep_note(spec: Spec, study, experiment_id: str, spec_path: str, data_verdi
 
 
 def sweep_metrics(study) -> dict[str, float]:
-    """The parent's own metrics: trial counts, and the best of each measured result over completed trials."""
+    """The parent's own metrics: trial counts, the best of each measured result over completed trials, and
+    the winner's results under the trials' names (chrf, rougeL...), so its row fills the runs table's columns."""
     trials = study.get_trials(deepcopy=False)
     out: dict[str, float] = {f"trials_{s.lower()}": float(sum(t.state.name == s for t in trials)) for s in STATES}
     done = [t for t in trials if t.state.name == "COMPLETE"]
@@ -133,6 +134,13 @@ def sweep_metrics(study) -> dict[str, float]:
             lower = k.endswith(("loss", "unparsed"))
             key = f"best_{k}"
             out[key] = v if key not in out else (min(out[key], v) if lower else max(out[key], v))
+    ranked = [t for t in done if len(study.directions) == 1 and t.value is not None and math.isfinite(t.value)]
+    if ranked:  # the sweep's row in the runs table shows its winner's numbers in the trials' own columns
+        sign = 1 if study.directions[0].name == "MINIMIZE" else -1
+        winner = min(ranked, key=lambda t: (sign * t.value, t.number))
+        for k, v in (winner.user_attrs.get("results") or {}).items():
+            if k not in ("train_loss", "train_runtime", "train_tokens", "eval_loss") and math.isfinite(v):
+                out[k] = v
     return out
 
 
