@@ -295,5 +295,7 @@ def test_an_unclear_verdict_names_the_command_for_more_evidence(ablated):
         rows = [{**r, "verdict": verdict} if r["metric"] == abl["objective"] else r for r in abl["rows"]]
         return "\n".join(findings.lines({**s, "ablation": {**abl, "rows": rows}}, "spec.yaml"))
 
-    assert f"`afina ablate spec.yaml --seeds {max(5, 2 * abl['k'])}`" in with_verdict("no clear effect")
-    assert "not proof of none" not in with_verdict("hurts")
+    unclear = with_verdict("no clear effect")
+    assert "Not enough evidence yet" in unclear
+    assert f"`afina ablate spec.yaml --seeds {max(5, 2 * abl['k'])} --steps {4 * abl['steps']}`" in unclear
+    assert "Not enough evidence yet" not in with_verdict("hurts")

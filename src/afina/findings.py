@@ -40,8 +40,8 @@ def lines(summary: dict | None, spec_path: str | None = None) -> list[str]:
         unclear = [r for r in abl["rows"] if r["metric"] == abl["objective"] and r["verdict"] == "no clear effect"]
         if unclear:  # the interval shrinks with more pairs (and longer runs separate the arms more)
             out.append(
-                f"  No clear effect is not proof of none: `afina ablate {spec_path} --seeds {max(5, 2 * abl['k'])}` "
-                f"(and a larger `--steps`) narrows the interval."
+                f"  Not enough evidence yet (no clear effect is not proof of none): `afina ablate {spec_path} "
+                f"--seeds {max(5, 2 * abl['k'])} --steps {4 * abl['steps']}` narrows the interval with more pairs and longer runs."
             )
     if reg and reg.get("effects"):
         out.append(f"Across the sweep's {reg['n']} trials ({reg['method']}; observational, not a controlled test):")
