@@ -84,8 +84,9 @@ def _build_into(name: str, target: Path) -> None:
         if name == "smollm2-135m":
             tok = AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=GGUF_FILE)
             model = AutoModelForCausalLM.from_pretrained(_gguf_dir(), gguf_file=GGUF_FILE)
-            # De-quantized weights are plain fp32; drop the GGUF flags so Trainer accepts them.
-            del model.config.quantization_config
+            # De-quantized weights are plain fp32; drop the GGUF flags so Trainer accepts them (transformers < 5.2x sets none).
+            if getattr(model.config, "quantization_config", None) is not None:
+                del model.config.quantization_config
             model.hf_quantizer, model.is_quantized = None, False
         else:
             tok = _tiny_tokenizer()

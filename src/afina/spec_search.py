@@ -26,7 +26,8 @@ def name_ok(name: Any) -> bool:
 
 class Strict(BaseModel):
     # allow_inf_nan=False: .inf or .nan anywhere (bounds, weights, timeouts) is a typo, not a setting
-    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
+    # protected_namespaces=(): pydantic 2.9 reserves every "model_" name and warns on promote.model_name
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False, protected_namespaces=())
 
 
 class Model(Strict):
