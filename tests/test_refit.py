@@ -332,4 +332,3 @@ def test_multi_objective_refit_choice_worse_refit_and_a_sweep_that_did_not_pay(t
     assert lines[1] == f"Did the sweep pay? {headline}" and any(
         line.startswith("  chrf: 33 vs 40.5  -7.5 ± 0.96 (paired SE), n=4  → worse") for line in lines
     )
-    assert c.get_run(parent).data.tags["afina.paid"] == headline
