@@ -34,17 +34,22 @@ def afina_cache(tmp_path_factory):
     return Path(cache)
 
 
-@pytest.fixture(autouse=True)
-def _mlflow_uri_env():
-    """MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI (and the registry's): a command run in-process
-    must not point a later test's subprocess, which honours that variable, at its store."""
-    saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}  # also a fixture's
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI (and the registry's), and a subprocess honours it
+    over the spec's store: an in-process command must not point a later test's subprocess at its own store."""
+    for key in MLFLOW_URI_VARS:
+        os.environ.pop(key, None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(fixturedef, request):
+    """The same before every fixture of any scope, e.g. a module's store built by a subprocess sweep
+    (tests/test_browser.py) after the previous module's tests ran commands in-process."""
+    pytest_runtest_setup(None)
 
 
 @pytest.fixture
