@@ -165,6 +165,9 @@ def test_ui_link_descriptions_evaluation_and_gate(store, tmp_path):
                 page.goto(f"{url}/#/experiments/{exp}/runs/{trial.info.run_id}?workflowType=machine_learning")
                 expect(page.get_by_text("Searched picks:").first).to_be_visible()
                 expect(page.get_by_text(re.compile(r"rank \d of 2 completed by chrf")).first).to_be_visible()
+                # its Metrics table starts with the objective and the results, the curves come after
+                names = page.locator("a[href$='/model-metrics']").all_inner_texts()  # each metric's name links to its chart
+                assert names[:3] == ["chrf", "best_eval_loss", "rougeL"] and "loss" in names[3:], names
                 page.screenshot(path=shots / "3-trial.png")
 
                 # 3. the Evaluation view, grouped by its default (the first column): answers under prompts

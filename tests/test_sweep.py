@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import signal
 import socket
@@ -144,6 +145,8 @@ def test_sweep_trials_carry_run_ids(swept):
         assert run.data.params["slices.poesia.include"] == json.dumps(t.params["slices.poesia.include"])
         assert not {"epoch", "eval_runtime", "num_input_tokens_seen"} & set(run.data.metrics)  # Trainer's counters stay out
         assert run.data.metrics["best_eval_loss"] == pytest.approx(t.value)
+        # MLflow's run page lists metrics as first logged: the results the reader wants come before the curves
+        assert list(run.data.metrics)[:4] == ["best_eval_loss", "rougeL", "chrf", "length"], list(run.data.metrics)
         # the runs table's Dataset column: every slice the trial trained on, with its rows, and the eval set
         used = {d.dataset.name: d for d in run.inputs.dataset_inputs}
         trained = {n for n in ("faq", "productos", "poesia") if int(run.data.params[f"rows.{n}"])}
@@ -363,6 +366,7 @@ def test_planted_pruning(project, cli):
     note = run.data.tags["mlflow.note.content"]
     assert note.startswith("**trial 2** · PRUNED") and "Stopped: pruned at step 2" in note
     assert client(project).get_metric_history(run.info.run_id, "loss")[-1].step == 2
+    assert math.isnan(run.data.metrics["best_eval_loss"])  # reserved at the start, never measured: NaN, not a number
     assert not scratch_left(project)
     assert "trial 2 pruned: pruned at step 2" in out
 

@@ -22,14 +22,14 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from afina import findings, story, tracking, verdicts
+from afina import findings, metrics, story, tracking, verdicts
 from afina.errors import UserError
 
 if TYPE_CHECKING:
     from afina.context import TrialContext
     from afina.spec import Spec
 
-SKIP = ("train_loss", "train_runtime", "train_tokens")  # not comparable across mixtures, or not a quality
+SKIP = metrics.TRAINING  # not comparable across mixtures, or not a quality
 
 
 @dataclass

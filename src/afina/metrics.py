@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from afina.spec import Spec
 
 # What a trial measures besides generation metrics; anything here may be a search objective.
-TRAIN_RESULTS = ("eval_loss", "train_loss", "train_runtime", "train_tokens")
+TRAINING = ("train_loss", "train_runtime", "train_tokens")  # how training went: not a quality of the answers
+TRAIN_RESULTS = ("eval_loss", *TRAINING)
 REFERENCE_BASED = {"rougeL", "chrf", "exact_match"}
 PLAIN = {"rougeL", "chrf", "exact_match", "length", "json"}
 WITH_ARG = {"contains", "not_contains", "regex", "custom"}
@@ -172,6 +173,23 @@ def evaluate(spec: Spec, rows: list[dict], outputs: list[str]) -> tuple[dict[str
             raise ValueError(f"the judge gave no parseable score for any of {len(raw)} answers (first reply: {raw[0][:80]!r})")
         columns["judge"], columns["judge_reply"] = scores, raw
     return means, columns
+
+
+def metric_name(objective: str) -> str:
+    """The MLflow metric holding an objective: a trial's `eval_loss` curve ends on its last evaluation, the best is `best_eval_loss`."""
+    return "best_eval_loss" if objective == "eval_loss" else objective
+
+
+def generation(spec: Spec, prompts: list[dict]) -> list[str]:
+    """Names of the generation results a trial reports: metrics, judge, weighted combinations."""
+    names = [m.name for m in for_spec(spec, prompts)] if prompts else []
+    return names + (["judge"] if spec.evaluate.judge else []) + list(spec.evaluate.combine)
+
+
+def headline(spec: Spec, prompts: list[dict]) -> list[str]:
+    """The MLflow metrics a reader looks at first: the objectives, the best eval loss, the generation results."""
+    names = [metric_name(o) for o in spec.search.objectives]
+    return names + [m for m in ("best_eval_loss", *generation(spec, prompts)) if m not in names]
 
 
 def with_combined(spec: Spec, results: dict[str, float]) -> dict[str, float]:

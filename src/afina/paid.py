@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from afina.spec import Spec
 
 ATTR = "paid"  # study user attr: the last verdict, so `afina status` shows it without MLflow
-SKIP = {"train_loss", "train_runtime", "train_tokens", "judge_unparsed"}  # not quality, unless an objective
+SKIP = {*metrics.TRAINING, "judge_unparsed"}  # not quality, unless an objective
 
 
 def reference(study: optuna.Study) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
-from afina import findings
+from afina import findings, metrics
 
 if TYPE_CHECKING:
     from afina.spec import Spec
@@ -22,11 +22,6 @@ NOTE = "mlflow.note.content"
 VIEW_KEY = "afina"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"  # MLflow 3.17's UI: experiment tag behind ?viewStateShareKey=
 STATES = ("COMPLETE", "PRUNED", "FAIL")
-
-
-def metric_name(objective: str) -> str:
-    """The MLflow metric holding an objective: a trial's `eval_loss` curve ends on its last evaluation, the best is `best_eval_loss`."""
-    return "best_eval_loss" if objective == "eval_loss" else objective
 
 
 def run_link(experiment_id: str, run_id: str, text: str) -> str:
@@ -41,11 +36,9 @@ def link(experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
 # ---------------------------------------------------------------- the runs table
 
 
-def view_state(spec: Spec, generation: list[str]) -> dict[str, Any]:
-    """Search facets + columns of the runs table: objectives, eval loss, generation metrics, searched params."""
-    metrics = [metric_name(o) for o in spec.search.objectives]
-    metrics += [m for m in ("best_eval_loss", *generation) if m not in metrics]
-    columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in spec.search.space] + ["tags.`afina.state`"]
+def view_state(spec: Spec, headline: list[str]) -> dict[str, Any]:
+    """Search facets + columns of the runs table: the headline metrics (metrics.headline), searched params."""
+    columns = [f"metrics.`{m}`" for m in headline] + [f"params.`{p}`" for p in spec.search.space] + ["tags.`afina.state`"]
     shown = ["attributes.`Dataset`", "attributes.`Models`"]
     # the UI's column ids; without an order it puts the attribute columns first and metrics alphabetically
     order = ["attributes.`Run Name`", "runDateAndNestInfo", *columns, "duration", *shown]
@@ -64,8 +57,8 @@ def view_state(spec: Spec, generation: list[str]) -> dict[str, Any]:
     }
 
 
-def set_view(c, experiment_id: str, spec: Spec, generation: list[str]) -> None:
-    c.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(view_state(spec, generation)))
+def set_view(c, experiment_id: str, spec: Spec, headline: list[str]) -> None:
+    c.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(view_state(spec, headline)))
 
 
 # ---------------------------------------------------------------- the sweep (parent run)
@@ -118,6 +111,8 @@ def sweep_note(spec: Spec, study, experiment_id: str, spec_path: str, data_verdi
 def sweep_metrics(study) -> dict[str, float]:
     """The parent's own metrics: trial counts, the best of each measured result over completed trials, and
     the winner's results under the trials' names (chrf, rougeL...), so its row fills the runs table's columns."""
+    from afina import study as study_mod
+
     trials = study.get_trials(deepcopy=False)
     out: dict[str, float] = {f"trials_{s.lower()}": float(sum(t.state.name == s for t in trials)) for s in STATES}
     done = [t for t in trials if t.state.name == "COMPLETE"]
@@ -129,17 +124,15 @@ def sweep_metrics(study) -> dict[str, float]:
             out[f"best_{name}"] = min(values) if minimize else max(values)
     for t in done:  # generation metrics and eval loss; the training counters have no "best"
         for k, v in (t.user_attrs.get("results") or {}).items():
-            if k in names or k in ("train_loss", "train_runtime", "train_tokens") or not math.isfinite(v):
+            if k in names or k in metrics.TRAINING or not math.isfinite(v):
                 continue
             lower = k.endswith(("loss", "unparsed"))
             key = f"best_{k}"
             out[key] = v if key not in out else (min(out[key], v) if lower else max(out[key], v))
-    ranked = [t for t in done if len(study.directions) == 1 and t.value is not None and math.isfinite(t.value)]
-    if ranked:  # the sweep's row in the runs table shows its winner's numbers in the trials' own columns
-        sign = 1 if study.directions[0].name == "MINIMIZE" else -1
-        winner = min(ranked, key=lambda t: (sign * t.value, t.number))
+    winner = study_mod.best(study) if len(study.directions) == 1 else None
+    if winner:  # the sweep's row in the runs table shows its winner's numbers in the trials' own columns
         for k, v in (winner.user_attrs.get("results") or {}).items():
-            if k not in ("train_loss", "train_runtime", "train_tokens", "eval_loss") and math.isfinite(v):
+            if k not in metrics.TRAIN_RESULTS and math.isfinite(v):
                 out[k] = v
     return out
 

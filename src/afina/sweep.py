@@ -89,7 +89,7 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
             | {"rows.eval": len(prepared.eval)},
         )
         audit_report.log(prepared.report, c, parent_id)  # check/report.json and .md on the parent run
-        story.set_view(c, experiment_id, spec, _generation(spec, prompts))  # the runs table's columns (the printed link)
+        story.set_view(c, experiment_id, spec, metrics.headline(spec, prompts))  # the runs table's columns (the printed link)
         requeue_interrupted(study)
         seed = distinct.stream_seed(study, spec.search.seed)  # this process's own stream: no repeated draws
         study.sampler = study_mod.sampler(spec.search, seed)
@@ -216,12 +216,6 @@ def all_failed(study: optuna.Study) -> str | None:
     (reason, n), total = reasons.most_common(1)[0], sum(reasons.values())
     same = "for the same reason" if n == total else f"({n} of them for this reason)"
     return f"all {total} trials failed {same}: {reason}; see error.txt on a trial's MLflow run"
-
-
-def _generation(spec: Spec, prompts: list[dict]) -> list[str]:
-    """Names of the generation metrics a trial reports (the runs table shows them)."""
-    names = [m.name for m in metrics.for_spec(spec, prompts)] if prompts else []
-    return names + (["judge"] if spec.evaluate.judge else []) + list(spec.evaluate.combine)
 
 
 def _follow(ctx: TrialContext) -> None:

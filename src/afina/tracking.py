@@ -208,6 +208,18 @@ def log_metrics(c, run_id: str, metrics: dict[str, float], step: int, synchronou
     log_steps(c, run_id, [(step, int(time.time() * 1000), metrics)], synchronous)
 
 
+def reserve(c, run_id: str, names: list[str]) -> None:
+    """Log `names` as NaN at step 0, before any curve. MLflow's run page lists metrics in the order they were
+    first logged (SQLite keeps a row's place when it is updated), so the results written when training ends
+    come first instead of after every curve. A trial that stops early keeps NaN: not measured."""
+    import time
+
+    from mlflow.entities import Metric
+
+    ms = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(k, math.nan, ms, 0) for k in names], synchronous=True)
+
+
 def log_steps(c, run_id: str, rows: list[tuple[int, int, dict[str, float]]], synchronous: bool = False) -> None:
     """Many (step, time in ms, metrics) rows in as few writes as MLflow allows (1000 metrics per batch)."""
     from mlflow.entities import Metric

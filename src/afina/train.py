@@ -71,6 +71,7 @@ def fit(ctx: TrialContext, trial, job: Job) -> list[float]:
         trainer.remove_callback(cb)
     if ctx.lead:
         tracking.log_params(c, run_id, {"world_size": args.world_size})  # ranks training this trial together
+        tracking.reserve(c, run_id, metrics.headline(spec, ctx.prompts))  # listed first on the run's page
     out = trainer.train(resume_from_checkpoint=str(job.resume) if job.resume else None)
     best = trainer.state.best_metric if trainer.state.best_metric is not None else watch.last_eval
     if best is None:
