@@ -18,9 +18,11 @@ import tempfile
 from pathlib import Path
 
 
-def compare(spec_path: Path, model: str, budget: int, share: float, seeds: int, trial_steps: int | None, prompts: int) -> dict:
+def compare(
+    spec_path: Path, model: str, budget: int, share: float, seeds: int, trial_steps: int | None, prompts: int, first_seed: int = 0
+) -> dict:
     out = {"spec": spec_path.name, "budget_steps": budget, "refit_share": share, "seeds": []}
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         out["seeds"].append(_one(spec_path, model, budget, share, seed, trial_steps, prompts))
         print(f"  {spec_path.stem} seed {seed}: {json.dumps(out['seeds'][-1]['summary'])}", flush=True)
     for metric in ("eval_loss", "rougeL", "chrf"):

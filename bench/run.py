@@ -289,7 +289,7 @@ def refit(a) -> dict:
     budget = a.budget or (12 if a.quick else 60)
     out = {}
     for p in specs:
-        out[p.stem] = refit_mod.compare(p, a.model, budget, a.refit_share, a.seeds, a.steps, a.prompts)
+        out[p.stem] = refit_mod.compare(p, a.model, budget, a.refit_share, a.seeds, a.steps, a.prompts, a.first_seed)
     return out
 
 
@@ -339,6 +339,7 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=None, help="interleaved A/B pairs (or CLI runs)")
     p.add_argument("--trials", type=int, default=None, help="trials (memory, search) or study size (cli)")
     p.add_argument("--seeds", type=int, default=None, help="search: seeds")
+    p.add_argument("--first-seed", type=int, default=0, help="refit: start at this seed (to add seeds to an earlier run)")
     p.add_argument("--every", type=int, default=None, help="search: steps between evaluations (of 12; default 1)")
     p.add_argument("--budget", type=int, default=None, help="refit: budget.steps of each sweep (default 60; 12 with --quick)")
     p.add_argument("--refit-share", type=float, default=0.5, help="refit: budget.refit")
@@ -366,6 +367,7 @@ def main(argv=None) -> dict:
             lr=a.lr,
             every=a.every,
             budget=a.budget,
+            first_seed=a.first_seed,
             refit_share=a.refit_share,
             prompts=a.prompts,
             spec=a.spec,
