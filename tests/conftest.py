@@ -37,19 +37,23 @@ def afina_cache(tmp_path_factory):
 MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item):
+def _forget_mlflow_uri() -> None:
     """MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI (and the registry's), and a subprocess honours it
-    over the spec's store: an in-process command must not point a later test's subprocess at its own store."""
+    over the spec's store: an in-process command must not point a later subprocess at its own store."""
     for key in MLFLOW_URI_VARS:
         os.environ.pop(key, None)
 
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _forget_mlflow_uri()
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_fixture_setup(fixturedef, request):
-    """The same before every fixture of any scope, e.g. a module's store built by a subprocess sweep
+    """Also before every fixture of any scope, e.g. a module's store built by a subprocess sweep
     (tests/test_browser.py) after the previous module's tests ran commands in-process."""
-    pytest_runtest_setup(None)
+    _forget_mlflow_uri()
 
 
 @pytest.fixture
