@@ -139,6 +139,43 @@ def jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def judge_then_down(path: str = "/v1"):
+    """An OpenAI-style judge endpoint that answers one request (the sweep's start-up probe) and then goes
+    away: the judge lost mid-sweep. Yields its URL."""
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Once(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": "1"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    import threading
+
+    server = HTTPServer(("127.0.0.1", 0), Once)
+    port = server.server_address[1]
+
+    def once():
+        server.handle_request()
+        server.server_close()  # later connections are refused
+
+    thread = threading.Thread(target=once, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        if thread.is_alive():  # nobody asked: close it without a request
+            server.server_close()
+
+
 def spec_file(folder: Path, slices: dict, eval_: dict, space: dict | None = None, **over) -> Path:
     """tiny_spec on these slices, searching only the learning rate unless told."""
     spec = tiny_spec(data={"slices": slices, "eval": eval_}, **over)

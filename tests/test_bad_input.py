@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TIENDA, nothing_written, tiny_spec, write_spec
+from conftest import TIENDA, judge_then_down, nothing_written, tiny_spec, write_spec
 from stores import drop_database, env, free_port, needs_pg, new_database, stop, wait_for
 
 DEAD_PG = "postgresql://afina:pw-s3cr3t@127.0.0.1:1/nothing"
@@ -273,14 +273,14 @@ def test_logged_spec_masks_every_secret():
 
 
 def test_judge_credentials_appear_nowhere_and_all_failed_exits_1(project, cli):
-    """A judge that is down fails every trial: the sweep exits 1 with the reason, and the URL's
-    credentials are in no file of the project (stores, artifacts, report, leaderboard) nor the output."""
-    spec = tiny_spec(
-        evaluate={"metrics": ["length"], "judge": {"url": "http://judge:pw-s3cr3t@127.0.0.1:1/v1?api_key=k3y-s3cr3t", "timeout": 2}}
-    )
-    spec["search"].update(n_trials=2, objective="judge")
-    write_spec(project, spec)
-    code, out, err = cli("sweep", "spec.yaml", "--no-progress")
+    """A judge that goes down after the start-up probe fails every trial: the sweep exits 1 with the reason,
+    and the URL's credentials are in no file of the project (stores, artifacts, report, leaderboard) nor the output."""
+    with judge_then_down() as port:
+        url = f"http://judge:pw-s3cr3t@127.0.0.1:{port}/v1?api_key=k3y-s3cr3t"
+        spec = tiny_spec(evaluate={"metrics": ["length"], "judge": {"url": url, "timeout": 2}})
+        spec["search"].update(n_trials=2, objective="judge")
+        write_spec(project, spec)
+        code, out, err = cli("sweep", "spec.yaml", "--no-progress")
     assert code == 1, (out, err)
     last = err.strip().splitlines()[-1]  # above it: MLflow's own store set-up chatter
     assert last.startswith("error: all 2 trials failed for the same reason") and "judge endpoint" in last, err
@@ -288,9 +288,17 @@ def test_judge_credentials_appear_nowhere_and_all_failed_exits_1(project, cli):
     assert "s3cr3t" not in out + err
     written = [p for p in project.rglob("*") if p.is_file() and p != project / "spec.yaml"]  # the user's own spec holds it
     assert len(written) > 5 and any(p.name == "spec.yaml" for p in written)  # the logged spec is among them
-    leaks = [p for p in written if b"s3cr3t" in p.read_bytes()]
+    leaks = [p for p in written if b"s3cr3t" in _bytes(p)]
     assert not leaks, leaks
     assert (project / "mlruns" / "mlflow.db").is_file()  # the check looked inside the real stores
+
+
+def _bytes(path: Path) -> bytes:
+    """A file's bytes, or none for a SQLite journal that was gone by the time it was read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 # --- data files -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from afina import judge
-from conftest import tiny_spec, write_spec
+from conftest import judge_then_down, tiny_spec, write_spec
 
 FAST = {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 48, "eval_steps": 1, "seed": 0}
 PROMPTS = [
@@ -115,7 +115,8 @@ def test_endpoint_judge_drives_a_sweep_and_compare(project, cli, endpoint, monke
         m = c.get_run(t.user_attrs["mlflow_run_id"]).data.metrics
         assert m["judge"] == 7.0 and m["judge_unparsed"] in (1.0, 2.0)
     assert study.user_attrs["baseline"]["judge"] == 7.0  # the base model was judged too
-    seen = FakeJudge.seen
+    probe, *seen = FakeJudge.seen
+    assert probe["body"]["max_tokens"] == 1  # the start-up probe: one token, before any store was written
     assert len(seen) == 3 * 3  # baseline + 2 trials, 3 prompts each
     assert all(s["path"] == "/v1/chat/completions" and s["auth"] == "Bearer sk-test-123" and s["body"]["model"] == "grader" for s in seen)
     assert "Friendly and correct?" in seen[0]["body"]["messages"][0]["content"]
@@ -131,17 +132,15 @@ def test_endpoint_judge_drives_a_sweep_and_compare(project, cli, endpoint, monke
 
 
 def test_judge_down_fails_trials_not_the_sweep(project, cli):
-    import socket
-
-    with socket.socket() as s:  # a free port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    spec = tiny_spec(
-        train=FAST,
-        evaluate={"judge": {"url": f"http://127.0.0.1:{port}/v1", "timeout": 5}},
-        search={**tiny_spec()["search"], "n_trials": 2, "objective": "judge"},
-    )
-    code, out, err = cli("sweep", write_spec(project, spec), "--no-progress")
+    """A judge that answered the start-up probe and then went away fails the trials it misses, with the reason
+    (a judge that does not answer at the start is refused up front: tests/test_bad_input_upfront.py)."""
+    with judge_then_down() as port:
+        spec = tiny_spec(
+            train=FAST,
+            evaluate={"judge": {"url": f"http://127.0.0.1:{port}/v1", "timeout": 5}},
+            search={**tiny_spec()["search"], "n_trials": 2, "objective": "judge"},
+        )
+        code, out, err = cli("sweep", write_spec(project, spec), "--no-progress")
     assert code == 1 and "error: all 2 trials failed for the same reason" in err and "unreachable" in err, err
     assert "baseline failed" in out and "unreachable" in out
     study = optuna.load_study(study_name="tiny", storage="sqlite:///mlruns/optuna.db")

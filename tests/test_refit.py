@@ -277,7 +277,8 @@ def test_multi_objective_refit_choice_worse_refit_and_a_sweep_that_did_not_pay(t
         )
 
     def spec(objective: str | None):
-        return spec_mod.Spec.model_validate({**tiny_spec(), "promote": {"objective": objective}, "budget": {"steps": 40}})
+        search = {**tiny_spec()["search"], "objective": ["eval_loss", "chrf"]}  # the study's objectives
+        return spec_mod.Spec.model_validate({**tiny_spec(), "search": search, "promote": {"objective": objective}, "budget": {"steps": 40}})
 
     with pytest.raises(UserError, match=r"objectives \['eval_loss', 'chrf'\]; set promote.objective or run `afina refit SPEC --trial N`"):
         winner.pick(study, spec(None))

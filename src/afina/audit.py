@@ -14,7 +14,7 @@ import statistics
 import unicodedata
 from typing import TYPE_CHECKING
 
-from afina import data, language
+from afina import data, data_tokens, language
 from afina.audit_report import Report
 from afina.data_rows import Issue, Row
 from afina.spec_fields import sft_fields
@@ -61,6 +61,9 @@ def run(spec: Spec, prepared: data.Prepared, tokenizer=None) -> Report:
             report.slices[name]["language"] = _language(name, declared, rows, add)
     if tokenizer is not None:
         _lengths(sets, tokenizer, report)
+        rendered = not any(i.field == "chat_template" for i in report.issues)
+        if rendered and report.max_length and _cuts_answers(spec):
+            _answers_cut(spec, sets, tokenizer, report)
     return report
 
 
@@ -69,6 +72,13 @@ def _max_length(spec: Spec) -> int | None:
     if dim is not None and (dim.int or dim.categorical):  # the shortest a trial may use
         return min(dim.int or [v for v in dim.categorical if v])
     return spec.train.get("max_length", sft_fields().get("max_length"))
+
+
+def _cuts_answers(spec: Spec) -> bool:
+    """Whether max_length can cut a whole answer away: answer-only loss keeps the prompt's tokens first and
+    TRL truncates the end (keep_start), so a prompt as long as max_length leaves no answer to learn or score."""
+    train = spec.train
+    return data_tokens.answer_only(train) and train.get("truncation_mode", "keep_start") != "keep_end" and not train.get("packing")
 
 
 def _can_include(spec: Spec, name: str) -> bool:
@@ -265,6 +275,48 @@ def _lengths(sets: dict[str, list[Row]], tokenizer, report: Report) -> None:
                         "too-long",
                     )
                 )
+
+
+def _answers_cut(spec: Spec, sets: dict[str, list[Row]], tokenizer, report: Report) -> None:
+    """Rows whose whole answer lies past max_length: TRL drops them. Every eval row cut means no eval loss
+    after the first trial's training; every training row cut means nothing trains: both are errors now."""
+    limit = report.max_length
+    for name, rows in sets.items():
+        asks = [(r, data_tokens.answer(r.messages)) for r in rows]
+        asks = [(r, a[0]) for r, a in asks if a]
+        if not asks:
+            continue
+        heads = _prompt_tokens([p for _, p in asks], tokenizer)
+        cut = [(r, n) for (r, _), n in zip(asks, heads, strict=True) if n >= limit]
+        report.slices[name]["answer_cut"] = len(cut)
+        for row, n in cut:
+            report.issues.append(
+                Issue("warning", row.origin, "messages", f"prompt of {n} tokens: max_length {limit} cuts its answer", "answer-cut")
+            )
+        trains = name in spec.data.slices and _can_include(spec, name)
+        if cut and len(cut) == len(rows) and (trains or name in ("eval", "promote")):
+            shortest = min(n for _, n in cut)
+            where = {"eval": "data.eval", "promote": "promote.path"}.get(name, f"data.slices.{name}")
+            fix = "the lower bound of search.space train.max_length" if "train.max_length" in spec.search.space else "train.max_length"
+            report.issues.append(
+                Issue(
+                    "error",
+                    where,
+                    "max_length",
+                    f"max_length {limit} cuts off the answer of every {name} row (the shortest prompt has {shortest} tokens); "
+                    f"raise {fix} above {shortest}",
+                    "max-length",
+                )
+            )
+
+
+def _prompt_tokens(prompts: list[list[dict]], tokenizer) -> list[int]:
+    """Tokens before the answer starts, as data_tokens masks them: the prompt turns and the generation prompt."""
+    out: list[int] = []
+    for i in range(0, len(prompts), 512):
+        batch = tokenizer.apply_chat_template(prompts[i : i + 512], tokenize=True, add_generation_prompt=True)
+        out += [len(ids) for ids in batch["input_ids"]]
+    return out
 
 
 def tokens(rows: list[Row], tokenizer) -> list[int]:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from afina.spec import Spec
 
 HUB = "hf:"  # prefix of a Hugging Face dataset id: hf:org/name or hf:org/name:split
+MAX_DEPTH = 64  # nested lists and objects in one record: a chat row needs 3; json parses by recursion
 
 
 def files(patterns: str | list[str], base: Path) -> list[Path]:
@@ -193,10 +194,27 @@ def _check_jsonl(path: Path) -> None:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from None
+            except RecursionError:  # deeper than Python's stack
+                record = deep = True
+            else:
+                deep = line.count("[") + line.count("{") > MAX_DEPTH and _depth(record) > MAX_DEPTH
+            if deep:
+                raise UserError(f"{path}:{n}: values nested more than {MAX_DEPTH} deep (a recursion bomb?); flatten or remove that line")
             if not isinstance(record, dict):
                 raise UserError(
                     f'{path}:{n}: a JSON line must be an object such as {{"prompt": ..., "completion": ...}}, not {type(record).__name__}'
                 )
+
+
+def _depth(value) -> int:
+    """How deeply lists and objects nest in a parsed JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d)
+            stack += [(c, d + 1) for c in (v.values() if isinstance(v, dict) else v)]
+    return deepest
 
 
 def prompts(spec: Spec) -> list[dict[str, str | None]]:

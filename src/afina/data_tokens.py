@@ -61,7 +61,6 @@ def tokenized(
     """
     if args.assistant_only_loss or (args.dataset_kwargs or {}).get("skip_prepare_dataset"):
         return None
-    import datasets
     import trl
 
     max_length = None if args.packing else args.max_length  # packing cuts sequences itself, after this
@@ -73,20 +72,46 @@ def tokenized(
     if key in _TOKENS:
         return _TOKENS[key]
     folder = cache_root / key
-    try:
-        ds = datasets.load_from_disk(str(folder))
-    except (FileNotFoundError, OSError, ValueError):
+    ds = _cached(folder)
+    if ds is None:
         ds = _tokenize(prepared, tok, args, max_length)
-        try:
-            cache_root.mkdir(parents=True, exist_ok=True)
-            tmp = cache_root / f".{key}-{os.getpid()}"
-            ds.save_to_disk(str(tmp))
-            tmp.rename(folder)  # atomic: a half-written cache is never read
-        except OSError:  # read-only or raced by another worker: the memory copy still serves
-            pass
+        if len(ds):  # an empty set is a bad spec's result (every answer cut off): never keep it for later sweeps
+            _keep(ds, cache_root, key)
     _TOKENS.clear()
     _TOKENS[key] = dict(zip(ds["key"], zip(ds["input_ids"], ds["labels"], strict=True), strict=True))
     return _TOKENS[key]
+
+
+def _cached(folder: Path):
+    """The tokenized set saved in `folder`, or None where there is none or it does not load: a broken entry
+    (an empty set an older afina kept, a folder cut short by a full disk) is removed and made again."""
+    import shutil
+
+    import datasets
+
+    if not folder.is_dir():
+        return None
+    try:
+        ds = datasets.load_from_disk(str(folder))
+    except Exception:  # datasets raises IndexError, OSError, ValueError, Arrow errors... for a folder it cannot read
+        ds = None
+    if ds is None or not len(ds):
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return ds
+
+
+def _keep(ds, cache_root: Path, key: str) -> None:
+    """Save the set under cache_root/key for later runs; atomic, so a half-written entry is never read."""
+    import shutil
+
+    tmp = cache_root / f".{key}-{os.getpid()}"
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        ds.save_to_disk(str(tmp))
+        tmp.rename(cache_root / key)
+    except OSError:  # read-only, or another worker saved the same key first: the memory copy still serves
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _tokenize(prepared: Prepared, tok, args, max_length, completion_only: bool | None = None):

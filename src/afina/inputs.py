@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from afina import audit, data, metrics, models, stores, tracking
+from afina import audit, data, judge, metrics, models, stores, tracking
 from afina import study as study_mod
 from afina.errors import UserError
 
@@ -28,6 +28,8 @@ def validate(spec: Spec) -> tuple[data.Prepared, Any, list[dict]]:
     model_dir = models.resolve(spec.model.ref)
     models.check(model_dir, spec.model.ref, spec.model.trust_remote_code)  # safetensors only, loadable
     metrics.validate(spec, prompts)  # metric names vs references, objectives, judge
+    if spec.evaluate.judge:
+        judge.probe(spec.evaluate.judge)  # answers now, or every trial would fail after training
     prepared.report = audit.run(spec, prepared, models.load_tokenizer(model_dir, spec.model.trust_remote_code))
     if prepared.report.errors:
         first = prepared.report.errors[0]

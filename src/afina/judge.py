@@ -15,7 +15,10 @@ import os
 import re
 
 from afina import models, sampling
+from afina.errors import UserError
 from afina.tracking import redact
+
+PROBE_TIMEOUT = 10  # seconds the start-up probe waits for the judge: a live endpoint answers one token sooner
 
 PROMPT = """You are grading an answer from a customer-facing assistant.
 Rubric: {rubric}
@@ -113,17 +116,32 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-def _http(cfg, content: str) -> str:
+def probe(cfg) -> None:
+    """One short question before the sweep writes anything (beside the store probes): a judge that does not
+    answer now would fail every trial after its training. A judge lost later fails only the trials it misses."""
+    if cfg.model:
+        models.check(models.resolve(cfg.model), cfg.model, False, field="evaluate.judge.model")
+        return
+    try:
+        _http(cfg, "Reply with the number 1.", retries=1, timeout=min(cfg.timeout, PROBE_TIMEOUT), max_tokens=1)
+    except RuntimeError as e:
+        raise UserError(f"evaluate.judge: {e}") from None
+
+
+def _http(cfg, content: str, retries: int = 3, timeout: float | None = None, max_tokens: int | None = None) -> str:
     """One chat completion through the openai client, which retries with backoff on 429, 5xx and dropped connections.
 
     Down or refusing after the retries: raise (the trial fails). A reply without a message: return it (unparsed).
     """
     import openai
 
-    client = _client(cfg.url, os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else "", cfg.timeout)
+    key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
+    client = _client(cfg.url, key, timeout or cfg.timeout, retries)
     messages = [{"role": "user", "content": content}]
     try:
-        reply = client.chat.completions.create(model=cfg.name, messages=messages, temperature=0, max_tokens=cfg.max_new_tokens)
+        reply = client.chat.completions.create(
+            model=cfg.name, messages=messages, temperature=0, max_tokens=max_tokens or cfg.max_new_tokens
+        )
     except openai.APIStatusError as e:
         raise RuntimeError(
             f"judge endpoint {redact(str(client.base_url))} answered HTTP {e.status_code}; "
@@ -141,12 +159,12 @@ def _http(cfg, content: str) -> str:
 
 
 @functools.cache
-def _client(url: str, key: str, timeout: float):
+def _client(url: str, key: str, timeout: float, retries: int):
     import openai
 
     base = url.rstrip("/").removesuffix("/chat/completions")
     # api_key must not be empty for the client; "-" stands for "no key" on servers that need none.
-    return openai.OpenAI(base_url=base, api_key=key or "-", timeout=timeout, max_retries=3)
+    return openai.OpenAI(base_url=base, api_key=key or "-", timeout=timeout, max_retries=retries)
 
 
 @functools.cache

@@ -266,7 +266,7 @@ def _one(m: Metric, out: str, ref: str | None, prompt: str) -> float:
         try:
             json.loads(out)
             return 1.0
-        except ValueError:
+        except (ValueError, RecursionError):  # a generated "[[[[..." deeper than the stack is not JSON we can use
             return 0.0
     if m.kind == "contains":
         return float(all(w.lower() in out.lower() for w in m.arg))

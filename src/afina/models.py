@@ -226,11 +226,11 @@ def fresh(model_dir: Path, trust_remote_code: bool = False, attn_implementation:
     return copy.deepcopy(tok), copy.deepcopy(model, memo)
 
 
-def check(model_dir: Path, ref: str, trust_remote_code: bool) -> None:
+def check(model_dir: Path, ref: str, trust_remote_code: bool, field: str = "model.ref") -> None:
     """The model folder has a readable config, a tokenizer and safetensors weights (never pickles)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    where = f"model.ref {ref!r}"
+    where = f"{field} {ref!r}"
     if not list(Path(model_dir).glob("*.safetensors")):
         pickles = [p.name for p in Path(model_dir).glob("*.bin")] + [p.name for p in Path(model_dir).glob("*.pt*")]
         how = (
@@ -239,6 +239,8 @@ def check(model_dir: Path, ref: str, trust_remote_code: bool) -> None:
             else "no *.safetensors weights in that folder"
         )
         raise UserError(f"{where}: {how}")
+    for weights in sorted(Path(model_dir).glob("*.safetensors")):
+        _check_header(weights, where)
     try:
         AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
@@ -246,4 +248,19 @@ def check(model_dir: Path, ref: str, trust_remote_code: bool) -> None:
         raise UserError(
             f"{where}: cannot be loaded ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
             "point it at a folder saved with save_pretrained"
+        ) from None
+
+
+def _check_header(weights: Path, where: str) -> None:
+    """The file opens as safetensors: its header parses and covers the file (read without loading any tensor),
+    so a file that is something else, or cut short by a copy, fails here rather than in every trial."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="numpy"):
+            pass
+    except (SafetensorError, OSError) as e:
+        why = " ".join(str(e).split())[:200]
+        raise UserError(
+            f"{where}: {weights.name} is not a readable safetensors file ({why}); copy it again or re-save the model with save_pretrained"
         ) from None

@@ -112,6 +112,16 @@ class Spec(Strict):
         return self
 
     @model_validator(mode="after")
+    def _promote_objective(self):
+        """promote.objective picks among the study's objectives: a name that is not one would be ignored."""
+        names, chosen = self.search.objectives, self.promote.objective
+        if chosen is not None and chosen not in names:
+            raise ValueError(
+                f"promote.objective {chosen!r} is not one of search.objective{hint(chosen, names)}; use one of: {', '.join(names)}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _metrics(self):
         # unknown metrics and unimportable scorers fail at load
         metrics.parse(self.evaluate.metrics or [], self.base_dir)

@@ -13,12 +13,28 @@ from afina.errors import UserError
 
 MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; anything bigger is a mistake (or an attack)
 MAX_NODES = 100_000  # YAML nodes after expanding aliases: a few anchors are fine, an alias bomb is not
+MAX_DEPTH = 64  # nested lists and mappings: a spec needs about 6; PyYAML composes by recursion and would overflow
 
 
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, stricter: a key twice in one mapping is an error (PyYAML keeps the last one
     silently), and aliases may not expand the document past MAX_NODES nodes (billion laughs) or into
-    itself. PyYAML follows YAML 1.1, which reads 1e-4 as a string; accept it as the float people mean."""
+    itself, nor nest deeper than MAX_DEPTH (a recursion bomb). PyYAML follows YAML 1.1, which reads 1e-4 as a
+    string; accept it as the float people mean."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        # PyYAML composes nested collections by recursion: stop at MAX_DEPTH, long before Python's stack does
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"values nested more than {MAX_DEPTH} deep (a recursion bomb?); flatten the value", self.peek_event().start_mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def compose_document(self):
         node = super().compose_document()
@@ -43,8 +59,9 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _expanded_size(node, sizes: dict[int, int], open_: set[int]) -> int:
-    """Nodes in the document with every alias expanded (memoised, so a bomb is measured, not expanded)."""
+def _expanded_size(node, sizes: dict[int, tuple[int, int]], open_: set[int]) -> tuple[int, int]:
+    """(nodes, depth) of the document with every alias expanded (memoised, so a bomb is measured, not
+    expanded): aliases can nest a value deeper than its text does."""
     if id(node) in sizes:
         return sizes[id(node)]
     if id(node) in open_:
@@ -56,14 +73,19 @@ def _expanded_size(node, sizes: dict[int, int], open_: set[int]) -> int:
         children = node.value
     else:
         children = []
-    size = 1 + sum(_expanded_size(c, sizes, open_) for c in children)
+    measured = [_expanded_size(c, sizes, open_) for c in children]
+    size, depth = 1 + sum(m[0] for m in measured), 1 + max((m[1] for m in measured), default=0)
     open_.discard(id(node))
     if size > MAX_NODES:
         raise yaml.composer.ComposerError(
             None, None, f"aliases expand this document past {MAX_NODES} values (an alias bomb?); write the values out", node.start_mark
         )
-    sizes[id(node)] = size
-    return size
+    if depth > MAX_DEPTH:
+        raise yaml.composer.ComposerError(
+            None, None, f"aliases nest values more than {MAX_DEPTH} deep (a recursion bomb?); write the values out", node.start_mark
+        )
+    sizes[id(node)] = (size, depth)
+    return size, depth
 
 
 _Loader.add_implicit_resolver(
