@@ -166,9 +166,18 @@ def test_help_loads_no_heavy_library():
         "sys.argv = ['afina', 'sweep', '--help']\n"
         "from afina.cli import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = {'torch', 'transformers', 'mlflow', 'optuna', 'rich', 'trl', 'peft', 'datasets'}\n"
+        "heavy = {'torch', 'transformers', 'mlflow', 'optuna', 'rich', 'trl', 'peft', 'datasets', 'ray'}\n"
         "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
-    assert "--n-trials" in out or "Usage" in out, out
+    assert "--n-trials" in out and "--workers" in out, out
     assert "LOADED []" in out, out
+
+
+def test_a_one_process_sweep_never_imports_ray():
+    """Ray places the workers of `--workers N` only: the modules a plain sweep runs do not load it."""
+    import subprocess
+
+    code = "import sys\nimport afina.cli, afina.sweep, afina.trial, afina.sweep_work\nprint('RAY', 'ray' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert "RAY False" in out, out

@@ -246,3 +246,59 @@ def test_mlflow_outage_mid_trial_is_kept_then_synced(stack, tmp_path, cli, monke
     assert not list((tmp_path / "fallback").glob("*.jsonl"))
     code, text, _ = cli("sync", path)
     assert code == 0 and "nothing to send" in text
+
+
+def test_workers_on_a_ray_cluster_at_an_address_share_one_study_on_postgresql(stack, tmp_path, cli, monkeypatch):
+    """`--workers 2 --ray ADDRESS`: a Ray head started apart (as `ray start` on a Slurm node would), the study on
+    PostgreSQL and the runs on `afina server`; each worker takes one of the head's two GPUs. Ray's token
+    authentication is off on both sides: on one machine the token of one local cluster would shadow another's."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    port = free_port()
+    ray_bin = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--num-gpus",
+            "2",
+            "--include-dashboard",
+            "false",
+            "--block",
+        ],
+        stdout=(tmp_path / "ray.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        path = spec_for(tmp_path, "rayed", 4, max_steps=8, eval_steps=4)
+        code, out, err = cli(
+            "sweep",
+            path,
+            "--workers",
+            "2",
+            "--ray",
+            f"127.0.0.1:{port}",
+            "--storage",
+            stack["storage"],
+            "--tracking-uri",
+            stack["uri"],
+            "--no-progress",
+        )
+        assert code == 0, (out[-2000:], err[-2000:], (tmp_path / "ray.log").read_text()[-2000:])
+        assert "Ray: 2 workers of 1 GPU and 1 CPU each, on 1 node(s) with 2 GPUs" in out, out
+    finally:
+        stop(head)
+    study = load(stack, "rayed")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    _, trial_runs = runs(stack, "rayed")
+    assert sorted(int(r.data.tags["afina.trial"]) for r in trial_runs) == [0, 1, 2, 3]
+    assert {r.data.tags["afina.gpu"] for r in trial_runs} <= {"0", "1"}
+    assert SECRET not in out + err

@@ -48,16 +48,29 @@ def sweep(
     tracking_uri: TrackingOpt = None,
     n_trials: Annotated[int | None, typer.Option(help="Override search.n_trials (the study's total)")] = None,
     progress: Annotated[bool, typer.Option(help="Show the live progress display")] = True,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Run N workers of the study, placed by Ray (a local cluster unless --ray)")
+    ] = None,
+    ray: Annotated[
+        str | None, typer.Option("--ray", envvar="RAY_ADDRESS", help="Join this Ray cluster (needs --workers and shared stores)")
+    ] = None,
 ):
     """Run the spec's sweep, or resume it up to search.n_trials trials in total."""
-    from afina import sweep as sweep_mod
-
     progress = progress and os.environ.get("AFINA_VERBOSITY") != "quiet"
     s = options.load_spec(spec, storage, tracking_uri)
     if n_trials is not None:
         if n_trials < 1:
             raise UserError("--n-trials must be at least 1")
         s.search.n_trials = n_trials
+    if workers is None and ray:
+        raise UserError("--ray places workers: add --workers N (one worker per GPU, e.g. --workers 8)")
+    if workers is not None:  # Ray is imported only here: a one-process sweep never loads it
+        from afina import launch
+
+        overrides = {"storage": storage, "tracking_uri": tracking_uri, "n_trials": n_trials}
+        return launch.run(s, str(spec), options.console(), workers, ray, overrides, progress=progress)
+    from afina import sweep as sweep_mod
+
     sweep_mod.run(s, str(spec), options.console(), progress=progress)
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from afina import metrics, spec_yaml
 from afina.errors import UserError, hint
 from afina.spec_fields import SLICE_RANGES, check_dim, check_field, check_slice_dim, lora_fields, sft_fields
-from afina.spec_results import Baseline, Budget, Evaluate, Promote, Samples, Tracking
+from afina.spec_results import Baseline, Budget, Evaluate, Promote, Resources, Samples, Tracking
 from afina.spec_search import MAX_NAME, NAME_RULE, Data, Dim, Eval, Model, Search, Strict
 
 __all__ = ["Data", "Dim", "Eval", "Model", "Search", "Spec", "load"]  # callers name the sections through afina.spec
@@ -42,6 +42,8 @@ class Spec(Strict):
     budget: Budget | None = None
     """Total training steps and the refit's share; None: the search alone, no refit."""
     baseline: Baseline = Baseline()
+    resources: Resources = Resources()
+    """What each worker of `afina sweep --workers N` asks Ray for."""
     base_dir: Path = Field(Path("."), exclude=True)
     """Folder of the spec file; relative data paths resolve against it (not a YAML key)."""
 

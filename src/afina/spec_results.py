@@ -144,3 +144,14 @@ class Baseline(Strict):
     default_run: bool = False
     """After the search, train one run with the method's documented defaults (TRL's SFTConfig, afina's LoRA)
     on the same data for as many steps as all trials together, evaluated like a trial: was the sweep worth it?"""
+
+
+class Resources(Strict):
+    """What one trial needs where `afina sweep --workers N` places workers on Ray: each worker asks Ray for this,
+    so Ray sets its CUDA_VISIBLE_DEVICES and never puts more workers on a GPU or core than it holds."""
+
+    gpus_per_trial: int | None = Field(None, ge=0)
+    """GPUs per worker; more than 1 runs the worker's trials under torchrun on them. Default: 1 on a cluster
+    with GPUs, else 0."""
+    cpus_per_trial: float = Field(1, gt=0)
+    """CPU cores per worker (Ray also sets the worker's OMP_NUM_THREADS to it)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -189,9 +190,19 @@ def child_run(c, experiment_id: str, parent_id: str, study_name: str, number: in
             f"{TAG}study": study_name,
             f"{TAG}trial": str(number),
             f"{TAG}state": "RUNNING",
+            **placement(),
         },
     )
     return run.info.run_id
+
+
+def placement() -> dict[str, str]:
+    """Where this run trains: the worker process, its machine and the GPUs it sees (CUDA_VISIBLE_DEVICES, which
+    Ray sets for each worker of `afina sweep --workers`), so a fleet's runs say where each one ran."""
+    import socket
+
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return {f"{TAG}worker": f"{socket.gethostname()}:{os.getpid()}", f"{TAG}node": socket.gethostname(), f"{TAG}gpu": gpus or "none"}
 
 
 def log_params(c, run_id: str, params: dict[str, Any]) -> None:

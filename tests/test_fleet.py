@@ -1,0 +1,169 @@
+"""`afina sweep --workers N` on a real Ray cluster on this machine (logical GPUs, trials on the CPU): many workers,
+one study, each worker on its own GPU, none trained twice; a worker killed with kill -9 is started again by Ray
+and its trial resumes from its checkpoint; the embedded cluster on a fresh project's default stores; Ctrl-C
+leaves no RUNNING run and no process behind; a cluster of machines refuses SQLite stores in one line."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+from mlflow import MlflowClient
+
+from conftest import nothing_written, tiny_spec, write_spec
+from stores import trial_running, wait_for
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray cluster that declares 4 GPUs: Ray hands each worker one, as it would real ones."""
+    ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def fleet_spec(n_trials: int, **train) -> dict:
+    spec = tiny_spec(samples={"prompts": []})
+    spec["search"].update(n_trials=n_trials, heartbeat=1, space={"train.learning_rate": {"float": [1e-4, 1e-2], "log": True}})
+    spec["train"].update(train)
+    return spec
+
+
+def study(project: Path) -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{project}/mlruns/optuna.db")
+
+
+def runs(project: Path, role: str = "trial") -> list:
+    c = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")
+    exp = c.get_experiment_by_name("tiny")
+    return [r for r in c.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get("afina.role") == role]
+
+
+def test_four_workers_share_a_twelve_trial_study_each_on_its_own_gpu(project, cli, cluster):
+    write_spec(project, fleet_spec(12, max_steps=24, eval_steps=8))
+    code, out, err = cli("sweep", "spec.yaml", "--workers", "4", "--no-progress")
+    assert code == 0, err[-3000:]
+    assert "Ray: 4 workers of 1 GPU and 1 CPU each" in out, out
+    trials = study(project).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 12
+    trial_runs = runs(project)
+    numbers = sorted(int(r.data.tags["afina.trial"]) for r in trial_runs)
+    assert numbers == list(range(12)), numbers  # every trial has its run, and none was trained twice
+    assert {t.user_attrs["mlflow_run_id"] for t in trials} == {r.info.run_id for r in trial_runs}
+    gpus: dict[str, set[str]] = {}
+    for r in trial_runs:
+        gpus.setdefault(r.data.tags["afina.worker"], set()).add(r.data.tags["afina.gpu"])
+        assert r.data.tags["afina.node"] and r.data.tags["afina.gpu"] in {"0", "1", "2", "3"}
+    assert len(gpus) >= 2, gpus  # the trials were shared out
+    assert all(len(g) == 1 for g in gpus.values()), gpus  # a worker keeps its GPU
+    seen = [g for gs in gpus.values() for g in gs]
+    assert len(seen) == len(set(seen)), gpus  # no two workers on one GPU
+
+
+def test_a_worker_killed_mid_trial_is_started_again_and_its_trial_resumes_from_its_checkpoint(project, cluster):
+    from rich.console import Console
+
+    from afina import launch, options
+
+    path = write_spec(project, fleet_spec(2, max_steps=60, eval_steps=10))
+    spec = options.load_spec(path)
+    said = io.StringIO()
+    errors: list[BaseException] = []
+
+    def drive():
+        try:
+            launch.run(spec, str(path), Console(file=said, width=200), 1, None, {}, progress=False)
+        except BaseException as e:  # noqa: BLE001 - kept for the assertion below
+            errors.append(e)
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    running = trial_running(project, 0, evaluated=True)
+    wait_for(lambda: running() or not driver.is_alive(), 240, "trial 0 to report an evaluation")
+    assert driver.is_alive(), (errors, said.getvalue())
+    first = study(project).trials[0]
+    ckpts = Path(spec.tracking.checkpoint_dir) / "tiny" / "trial-0"
+    wait_for(lambda: any(ckpts.glob("checkpoint-*")), 120, "trial 0's first checkpoint")
+    pid = int(first.user_attrs["worker"].rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    driver.join(timeout=400)
+    assert not driver.is_alive() and not errors, (errors, said.getvalue())
+    trials = study(project).trials
+    dead = trials[0]
+    assert dead.state.name == "FAIL"
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == dead.params
+    assert "checkpoint-" in retry[0].user_attrs.get("resumed_from", ""), retry[0].user_attrs  # from the dead one's checkpoint
+    workers = {t.user_attrs["worker"] for t in trials if t.number}
+    assert first.user_attrs["worker"] not in workers  # a new process: Ray started the worker again
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+    assert not [r for r in runs(project) if r.info.status == "RUNNING"]
+
+
+def _session_processes(sid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # field 6 of stat: the session id
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _afina(project: Path, *args: str, log: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(project / log, "w") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "afina", "sweep", "spec.yaml", *args],
+            cwd=project,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def test_embedded_cluster_on_default_stores_then_ctrl_c_leaves_nothing_running(project):
+    """No cluster, no server set up by hand: `--workers 2` starts Ray, runs the study on the project's own
+    SQLite stores and stops Ray. Then Ctrl-C on a longer sweep: exit 130, every run closed, no process left."""
+    write_spec(project, fleet_spec(3, max_steps=8, eval_steps=4))
+    proc = _afina(project, "--workers", "2", "--no-progress", log="first.log")
+    assert proc.wait(timeout=400) == 0, (project / "first.log").read_text()[-3000:]
+    text = (project / "first.log").read_text()
+    assert "Ray: 2 workers of 0 GPU and 1 CPU each" in text and "best trial" in text, text[-3000:]
+    assert [t.state.name for t in study(project).trials] == ["COMPLETE"] * 3
+    assert not _session_processes(proc.pid)  # Ray's processes went with it
+
+    write_spec(project, fleet_spec(6, max_steps=200, eval_steps=10))
+    proc = _afina(project, "--workers", "2", "--no-progress", log="second.log")
+    wait_for(trial_running(project, 4, evaluated=True), 300, "both workers to train (trials 3 and 4 of the resumed study)")
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=400) == 130, (project / "second.log").read_text()[-3000:]
+    deadline = time.monotonic() + 30
+    while _session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _session_processes(proc.pid), "processes of the sweep are still alive"
+    assert not [r for r in runs(project) if r.info.status == "RUNNING"]
+    assert not [t for t in study(project).trials if t.state.name == "RUNNING"]
+
+
+def test_a_cluster_of_machines_refuses_sqlite_stores_in_one_line(project, cli):
+    write_spec(project, fleet_spec(2))
+    with nothing_written(project):
+        code, out, err = cli("sweep", "spec.yaml", "--workers", "2", "--ray", "10.1.2.3:6379")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--ray joins a cluster whose machines cannot share tracking.optuna_storage sqlite:///mlruns/optuna.db" in err, err
+    with nothing_written(project):
+        code, out, err = cli("sweep", "spec.yaml", "--ray", "10.1.2.3:6379")
+    assert code == 2 and "add --workers N" in err, err
