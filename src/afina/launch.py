@@ -36,8 +36,9 @@ def run(spec: Spec, spec_path: str, console, workers: int, address: str | None, 
     sweep.validate(spec)  # bad input: one line and exit 2, before a cluster starts or a store is written
     started, dashboard = not ray.is_initialized(), None
     if started:  # the embedded cluster (no dashboard: plain `ray` lacks its packages), or the one at `address`
+        # "local": a cluster of its own, never one that happens to run on this machine
         context = ray.init(
-            address=address, include_dashboard=False, log_to_driver=False, logging_level=_ray_logs(), configure_logging=False
+            address=address or "local", include_dashboard=False, log_to_driver=False, logging_level=_ray_logs(), configure_logging=False
         )
         dashboard = getattr(context, "dashboard_url", None)
     try:
