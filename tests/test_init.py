@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,11 +47,40 @@ def test_init_writes_a_spec_that_loads_and_checks(tickets, cli, project):
     prepared = data.prepare(spec)
     held = {m["content"] for r in prepared.eval for m in r.messages}
     assert len(spec.samples.prompts) == 3 and all(p.prompt in held and p.reference in held for p in spec.samples.prompts)
+    assert spec.budget.steps == 8 * 30 + 60 and spec.budget.refit == 0.2  # every trial fits, then a refit of 2 trials' length
+    assert int(spec.budget.steps * (1 - spec.budget.refit)) >= spec.search.n_trials * spec.train["max_steps"]
+    assert "about 8.9 epochs" in text  # what the refit buys: 60 steps x 8 rows over 54 training rows
+    assert "\n# baseline: {default_run: true}\n" in text and "twice as long" in text  # the default run, off, with its cost
+    on = project / "experiments" / "on.yaml"
+    on.write_text(text.replace("\n# baseline:", "\nbaseline:"), encoding="utf-8")
+    assert spec_mod.load(on).baseline.default_run is True
     code, _, err = cli("init", tickets)
     assert code == 2 and "already exists; pass --force" in err
     assert target.read_text(encoding="utf-8") == text
     code, _, err = cli("init", tickets, "--model", "tiny-random", "--force", "--name", "tickets")
     assert code == 0, err
+
+
+def test_an_init_spec_sweeps_and_refits(tickets, cli, project):
+    code, _, err = cli("init", tickets, "--model", "tiny-random")
+    assert code == 0, err
+    code, out, err = cli("sweep", project / "experiments" / "tickets.yaml", "--no-progress", "--n-trials", "2")
+    assert code == 0, err
+    c = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")
+    runs = c.search_runs(c.get_experiment_by_name("tickets").experiment_id, "tags.`afina.role` = 'refit'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["train.max_steps"] == str(300 - 2 * 30)  # the budget's rest after two trials
+
+
+def test_a_first_init_is_quiet(tickets, project, tmp_path):
+    """The first init builds the embedded model: its loading and shard-writing bars show only with --verbose."""
+    env = {**os.environ, "AFINA_CACHE": str(tmp_path / "fresh-cache")}
+    cmd = [sys.executable, "-m", "afina", "init", str(tickets), "--model", "tiny-random"]
+    done = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "fresh-cache" / "models").is_dir()  # it did build the model
+    printed = done.stdout + done.stderr
+    assert "Loading weights" not in printed and "Writing model shards" not in printed, printed[-2000:]
 
 
 def test_init_on_chats_without_a_category_makes_one_slice(project, cli):

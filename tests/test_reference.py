@@ -49,7 +49,10 @@ def test_default_run_trains_the_sweeps_steps_with_defaults_and_shows_the_gap(pro
     assert run.data.tags["afina.role"] == "reference" and run.info.status == "FINISHED"
     params = run.data.params
     assert params["train.max_steps"] == "6" and params["train.per_device_train_batch_size"] == "4" and params["train.seed"] == "0"
-    assert "train.learning_rate" not in params and not [k for k in params if k.startswith("lora.")]  # TRL's and PEFT's defaults
+    assert params["train.learning_rate"] == "0.0002"  # LoRA's documented rate (TRL's PEFT docs), not SFTConfig's 2e-5
+    assert params["train.lr_scheduler_type"] == "linear" and params["train.warmup_steps"] == "0"  # TRL's defaults, as trained
+    lora = {k: v for k, v in params.items() if k.startswith("lora.")}
+    assert lora == {"lora.r": "8", "lora.lora_alpha": "8", "lora.lora_dropout": "0.0", "lora.target_modules": "all-linear"}  # PEFT's
     assert params["rows.poesia"] != "0"  # the spec's own mix: searched values are not applied
     assert run.data.metrics["best_eval_loss"] == pytest.approx(ref["results"]["eval_loss"])
     assert [m.step for m in c.get_metric_history(run.info.run_id, "loss")] == list(range(1, 7))
@@ -82,9 +85,31 @@ def test_reference_is_off_by_default_and_validated(project):
     spec = spec_mod.load(write_spec(project, tiny_spec()))
     assert spec.baseline.default_run is False
     ref = reference.default_spec(spec_mod.load(write_spec(project, tiny_spec(train={"learning_rate": 1e-3, "max_steps": 4}))), 12)
-    assert ref.train == {"max_steps": 12, "per_device_train_batch_size": 4, "max_length": 64, "per_device_eval_batch_size": 8, "seed": 0}
+    kept = {"max_steps": 12, "per_device_train_batch_size": 4, "max_length": 64, "per_device_eval_batch_size": 8, "seed": 0}
+    assert ref.train == {**kept, "learning_rate": 2e-4}  # the spec's 1e-3 is not kept; LoRA's documented rate is used
+    full = tiny_spec(model={"ref": "tiny-random", "method": "full"}, lora={})
+    assert reference.default_spec(spec_mod.load(write_spec(project, full)), 12).train["learning_rate"] == 2e-5
     assert ref.lora == {} and ref.search.space == {}
     from afina.errors import UserError
 
     with pytest.raises(UserError, match="baseline.default_rn"):
         spec_mod.load(write_spec(project, tiny_spec(baseline={"default_rn": True})))
+
+
+def test_a_trial_logs_the_settings_it_trained_with_defaults_included(project, cli):
+    """Learning rate, schedule, warmup and LoRA settings are params of every run, also where the spec left them out."""
+    spec = tiny_spec(search={"n_trials": 1, "space": {}})
+    spec["lora"] = {"r": 4}
+    spec["train"]["lr_scheduler_type"] = "constant"
+    path = write_spec(project, spec)
+    code, _, err = cli("sweep", path, "--no-progress")
+    assert code == 0, err
+
+    c = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")
+    exp = c.get_experiment_by_name("tiny")
+    (run,) = c.search_runs([exp.experiment_id], "tags.`afina.role` = 'trial'")
+    params = run.data.params
+    assert params["train.learning_rate"] == "2e-05"  # SFTConfig's default, resolved
+    assert params["train.lr_scheduler_type"] == "constant" and params["train.warmup_steps"] == "0"
+    assert params["lora.r"] == "4" and params["lora.lora_alpha"] == "8" and params["lora.lora_dropout"] == "0.0"
+    assert params["lora.target_modules"] == "all-linear"

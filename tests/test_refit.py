@@ -83,6 +83,12 @@ def test_budget_search_share_refit_promotion_and_verdict(project, cli):
     parent = c.get_run(study.user_attrs["mlflow_parent_run_id"])
     assert parent.data.tags["afina.refit_run_id"] == run.info.run_id
     assert f"refit of trial {best.number} ({24 - spent} steps" in out
+    # the sweep's description leads with the model promote registers (the refit beats its trial), then its lineage
+    note, exp = parent.data.tags["mlflow.note.content"], parent.info.experiment_id
+    head = f"**Winner: [refit of trial {best.number}](#/experiments/{exp}/runs/{run.info.run_id}?workflowType=machine_learning)**"
+    assert note.startswith(f"{head} · eval_loss {record['values'][0]:.4g}"), note[:300]
+    assert f"[trial {best.number}](#/experiments/{exp}/runs/{best.user_attrs['mlflow_run_id']}?" in note
+    assert f"the trial scored {best.value:.4g}" in note
 
     # promotion prefers the refit when it beats its trial; lineage names both runs
     assert record["values"][0] < best.value, (record["values"], best.value)  # 3x the steps: a lower eval loss

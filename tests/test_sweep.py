@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -114,9 +115,11 @@ def test_sweep_parent_and_children(swept):
     view = json.loads(client(folder).get_experiment(exp).tags["mlflow.sharedViewState.afina"])
     assert view["selectedColumns"][0] == "metrics.`best_eval_loss`" and "params.`slices.poesia.include`" in view["selectedColumns"]
     note = parent.data.tags["mlflow.note.content"]
-    assert note.startswith(
-        f"**Winner: [trial {s.best_trial.number}](#/experiments/{exp}/runs/{children[s.best_trial.number].info.run_id})**"
-    )
+    best_run = children[s.best_trial.number].info.run_id
+    assert note.startswith(f"**Winner: [trial {s.best_trial.number}](#/experiments/{exp}/runs/{best_run}?workflowType=machine_learning)**")
+    # every link afina writes keeps MLflow's model-training layout (a bare one opens the run in the GenAI layout)
+    links = re.findall(r"#/experiments/[^)\s]*", out.replace("\n", "") + note)
+    assert links and all("?workflowType=machine_learning" in x for x in links), links
     assert "3 trials: 3 complete, 0 pruned, 0 failed" in note and "**Data:**" in note
     assert parent.data.metrics["trials_complete"] == 3 and parent.data.metrics["best_eval_loss"] == pytest.approx(s.best_value)
     # the sweep's row fills the trials' columns with its winner's numbers
@@ -321,6 +324,9 @@ def test_ui_serves_the_store(swept):
         assert proc.wait(timeout=30) == 0
         printed = proc.stdout.read().decode(errors="replace")
         assert f"tiny: http://127.0.0.1:{port}/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=afina" in printed
+        # a quiet start: MLflow's registry note, Starlette's deprecation and uvicorn's INFO lines only with --verbose
+        for chatter in ("Registry store URI not provided", "StarletteDeprecationWarning", "INFO:"):
+            assert chatter not in printed, printed
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
     finally:

@@ -8,6 +8,7 @@ comments, then runs `afina check` on it.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections import Counter
@@ -15,15 +16,17 @@ from pathlib import Path
 
 import yaml
 
-from afina import audit, audit_report, data, data_read, data_rows, models
+from afina import audit, audit_report, data, data_read, data_rows, logs, models
 from afina import spec as spec_mod
 from afina.errors import UserError
 
 PREFERRED = ("category", "label", "type", "topic", "source", "intent", "class", "domain", "task")
 MAX_SLICES = 12
+REFIT_EPOCHS = 2  # passes over the training rows the refit aims for: the promoted model sees every row twice
 
 
 def init(data_file: Path, name: str | None, force: bool, console, model: str = "smollm2-135m", folder: Path = Path("experiments")):
+    logs.quiet()  # the first run builds the embedded model: its loading and shard-writing bars only with --verbose
     path = Path(data_file)
     if not path.exists():
         raise UserError(f"{data_file}: no such file; pass your examples (.jsonl, .json, .csv, .parquet or a save_to_disk folder)")
@@ -92,9 +95,11 @@ def init(data_file: Path, name: str | None, force: bool, console, model: str = "
     tokenizer = models.load_tokenizer(models.resolve(model))
     spec["train"]["max_length"] = _max_length(prepared, tokenizer)
     spec["samples"]["prompts"] = _prompts(prepared.eval)
+    n_train = sum(len(rows) for rows in prepared.slices.values())
+    spec = {**{k: v for k, v in spec.items() if k != "samples"}, "budget": _budget(spec, n_train), "samples": spec["samples"]}
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        target.write_text(_render(spec, target, path, len(records), fmt, col, column), encoding="utf-8")
+        target.write_text(_render(spec, target, path, len(records), fmt, col, column, n_train), encoding="utf-8")
     except OSError as e:
         raise UserError(f"cannot write {target} ({e.strerror}); check that folder") from None
     console.print(f"wrote [bold]{target}[/] ({len(slices)} slice{'s' * (len(slices) > 1)}, format {fmt}); checking it:")
@@ -150,6 +155,19 @@ def _max_length(prepared: data.Prepared, tokenizer) -> int:
     return int(min(1024, max(128, -(-p95 // 64) * 64)))
 
 
+def _budget(spec: dict, n_train: int) -> dict:
+    """Every planned trial's steps, plus a refit of REFIT_EPOCHS passes over the training rows: at least two
+    trials long (shorter buys nothing over the winner itself), at most four times the search (a CPU's day)."""
+    train, trial = spec["train"], spec["train"]["max_steps"]
+    search = spec["search"]["n_trials"] * trial
+    per_epoch = -(-n_train // (train["per_device_train_batch_size"] * train.get("gradient_accumulation_steps", 1)))
+    refit = min(max(REFIT_EPOCHS * per_epoch, 2 * trial), 4 * search)
+    share = math.floor(100 * refit / (search + refit)) / 100  # rounded down: every planned trial still fits
+    while int((search + refit) * (1 - share)) < search:  # float rounding in budget.search_share
+        share -= 0.01
+    return {"steps": search + refit, "refit": round(share, 2)}
+
+
 def _prompts(rows: list[data_rows.Row], n: int = 3) -> list[dict]:
     out = []
     for row in rows[:n]:
@@ -161,8 +179,12 @@ def _prompts(rows: list[data_rows.Row], n: int = 3) -> list[dict]:
     return out
 
 
-def _render(spec: dict, target: Path, source: Path, n: int, fmt: str, col: dict, column: str | None) -> str:
+def _render(spec: dict, target: Path, source: Path, n: int, fmt: str, col: dict, column: str | None, n_train: int) -> str:
     used = ", ".join(f"{k}={v}" for k, v in col.items() if v)
+    train, b = spec["train"], spec["budget"]
+    search = spec["search"]["n_trials"] * train["max_steps"]
+    refit = b["steps"] - search
+    epochs = refit * train["per_device_train_batch_size"] / max(1, n_train)
     notes = {
         "name": [
             f"Written by `afina init {source}`: {n} rows, format {fmt} ({used}).",
@@ -185,13 +207,29 @@ def _render(spec: dict, target: Path, source: Path, n: int, fmt: str, col: dict,
         "train": ["Any TRL SFTConfig field. max_length fits 95% of the rows after the chat template."],
         "lora": ["Any PEFT LoraConfig field."],
         "search": ["Dotted keys: train.X, lora.X, slices.NAME.include|weight|fraction. Raise n_trials on a GPU."],
+        "budget": [
+            f"Training steps of the whole sweep: {spec['search']['n_trials']} trials x {train['max_steps']} steps = {search}"
+            " for the search,",
+            f"then the refit trains the winner's settings again for the rest (at least {refit} steps, about {epochs:.1f} epochs",
+            f"of the {n_train} training rows; steps that pruning saves go to it too). The refit is the model",
+            "`afina promote` registers: a trial only has to rank settings, the refit's longer training makes the model.",
+            "Delete this section for no refit (the best trial is promoted).",
+        ],
         "samples": ["Prompts drawn from the eval rows; every trial answers them, so compare the answers in MLflow."],
     }
+    baseline = [
+        "# Was the sweep worth it? Uncomment to train one more run at TRL's and PEFT's documented defaults, compared",
+        f"# with the winner. It costs as many steps as the whole sweep (about {b['steps']}): the sweep takes twice as long.",
+        "# baseline: {default_run: true}",
+        "",
+    ]
     out = [f"# afina sweep {target.as_posix()}", "#"]
     for key, value in spec.items():
         out += [f"# {line}" for line in notes.get(key, [])]
         out.append(yaml.dump(_Top({key: value}), Dumper=_Plain, sort_keys=False, allow_unicode=True, width=120).rstrip())
         out.append("")
+        if key == "budget":
+            out += baseline
     return "\n".join(out)
 
 

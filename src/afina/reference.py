@@ -2,9 +2,9 @@
 
 Opt-in (`baseline: {default_run: true}`). When the search ends, the steps every trial trained
 (pruned and failed ones included) are summed and stored on the study (`steps_spent`). The
-reference then trains once for that many steps: TRL's SFTConfig defaults and afina's LoRA
-defaults (PEFT's LoraConfig, all linear layers), on the spec's own data mix (no searched value
-applied). From the spec it keeps only what fixes the data and the compute per step: batch size,
+reference then trains once for that many steps: TRL's SFTConfig defaults with the method's documented
+learning rate (LEARNING_RATE) and afina's LoRA defaults (PEFT's LoraConfig, all linear layers), on the
+spec's own data mix (no searched value applied). From the spec it keeps only what fixes the data and the compute per step: batch size,
 gradient accumulation, max_length, truncation, what the loss covers, and the seed. It is a child
 run tagged afina.role=reference, evaluated like a trial (eval loss, generation metrics, samples,
 checkpoint). status, the report and the parent run show it beside the base model, with the gap
@@ -42,6 +42,11 @@ KEPT = (
 )
 SKIP = study_mod.NOT_ANSWERS
 
+# The documented learning rate of each method. TRL's SFTConfig default (2e-5) is its rate for full
+# fine-tuning; TRL's PEFT docs train LoRA at 2e-4 ("~10x the full fine-tuning rate"). Everything else
+# stays at SFTConfig's and PEFT LoraConfig's defaults.
+LEARNING_RATE = {"lora": 2e-4, "full": 2e-5}
+
 
 def steps_spent(study: optuna.Study) -> int:
     """Optimizer steps the whole sweep trained: every trial, pruned and failed ones included (a dead
@@ -58,8 +63,9 @@ def record_spent(study: optuna.Study) -> int:
 
 
 def default_spec(spec: Spec, steps: int) -> Spec:
-    """The spec with every training and LoRA setting at its default, except KEPT, for `steps` steps."""
-    train = {k: v for k, v in spec.train.items() if k in KEPT} | {"max_steps": steps}
+    """The spec with every training and LoRA setting at its default, except KEPT, for `steps` steps, at the
+    method's documented learning rate."""
+    train = {k: v for k, v in spec.train.items() if k in KEPT} | {"max_steps": steps, "learning_rate": LEARNING_RATE[spec.model.method]}
     return spec.model_copy(update={"train": train, "lora": {}, "search": spec.search.model_copy(update={"space": {}})})
 
 
@@ -88,7 +94,11 @@ def run(ctx: TrialContext, study: optuna.Study, console=None) -> dict | None:
             console.print(f"[yellow]reference run failed[/]: {type(e).__name__}: {e} (run `afina sweep` again to retry it)")
         return None
     run_id = stand_in.user_attrs["mlflow_run_id"]
-    note = f"One run with TRL's and afina's default settings, trained for the {spent} steps the sweep spent."
+    lr = LEARNING_RATE[spec.model.method]
+    note = (
+        f"One run with TRL's default settings (PEFT's for LoRA) at {spec.model.method}'s documented learning rate {lr:g}, "
+        f"trained for the {spent} steps the sweep spent."
+    )
     ctx.client.set_tag(run_id, "mlflow.note.content", note)
     record = {"run_id": run_id, "steps": spent, "results": stand_in.user_attrs["results"], "n": counts(spec, ctx.prepared, ctx.prompts)}
     study.set_user_attr("reference", record)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from afina import data, logs, metrics, models, paid, report, stop, winner
+from afina import data, logs, metrics, models, paid, report, stop, story, tracking, winner
 from afina import study as study_mod
 from afina.context import TrialContext
 from afina.errors import UserError
@@ -43,6 +43,9 @@ def run(spec: Spec, console, number: int | None = None) -> dict | None:
     finally:
         restore()
         c.settle()
+    if done:  # the sweep's description now leads with the refit when promote will take it
+        spec_path = c.get_run(parent_id).data.tags.get(f"{tracking.TAG}spec", "SPEC")
+        story.retell(c, study, spec, experiment_id, parent_id, spec_path, trials=False)
     report.refresh_quietly(spec, study, c, parent_id, console)
     for line in paid.lines(study):
         console.print(line)

@@ -119,7 +119,19 @@ def ui(uri: str, host: str, port: int, artifact_root: str | None = None, workers
     for name, experiment_id in _sweeps(uri):
         print(f"  {name}: {story.link(experiment_id, host, port)}", flush=True)
     env = {**environment(uri), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: afina submits no server jobs
+    if os.environ.get("AFINA_VERBOSITY") != "verbose":  # MLflow's start-up chatter only with --verbose; the user's env wins
+        env = {**quiet_env(uri), **env}
     return _serve(cmd, env)
+
+
+def quiet_env(uri: str) -> dict[str, str]:
+    """The server's start quiet: the registry named (the backend, MLflow's own default, so it does not say so),
+    uvicorn's INFO lines and access log off, and Starlette's deprecation of the WSGI bridge MLflow still imports."""
+    return {
+        "MLFLOW_REGISTRY_STORE_URI": uri,
+        "MLFLOW_UVICORN_OPTS": "--log-level warning",
+        "PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated",
+    }
 
 
 def _sweeps(uri: str) -> list[tuple[str, str]]:

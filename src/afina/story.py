@@ -24,13 +24,20 @@ VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"  # MLflow 3.17's UI: experiment 
 STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
+def path(experiment_id: str, run_id: str | None = None) -> str:
+    """The UI's address of an experiment's runs table or of one run, every link afina writes. MLflow 3.17's UI
+    opens both in its GenAI layout unless the link asks for the model-training one: it follows this parameter,
+    not the experiment tag `mlflow.experimentKind`, which its open-source build does not read."""
+    return f"#/experiments/{experiment_id}/runs{f'/{run_id}' if run_id else ''}?workflowType=machine_learning"
+
+
 def run_link(experiment_id: str, run_id: str, text: str) -> str:
-    return f"[{text}](#/experiments/{experiment_id}/runs/{run_id})"
+    return f"[{text}]({path(experiment_id, run_id)})"
 
 
 def link(experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
     """The runs table of the experiment (not the GenAI traces page), with afina's columns."""
-    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    return f"http://{host}:{port}/{path(experiment_id)}&viewStateShareKey={VIEW_KEY}"
 
 
 # ---------------------------------------------------------------- the runs table
@@ -85,12 +92,18 @@ def sweep_note(spec: Spec, study, experiment_id: str, spec_path: str, data_verdi
         if best is None:
             lines.append("Winner: none yet (no trial has completed).")
         else:
-            value = best.values[0]
+            # the model `afina promote` will register leads: the refit when it beats its trial, else the trial
+            trial = run_link(experiment_id, study_mod.run_id(best, study), f"trial {best.number}")
+            kept = study_mod.kept_refit(study, best)
+            value = kept["values"][0] if kept else best.values[0]
+            who = run_link(experiment_id, kept["run_id"], f"refit of trial {best.number}") if kept else trial
             gain = f" · base model {_num(base[names[0]])}, gain {_signed(value - base[names[0]])}" if names[0] in base else ""
+            lineage = (
+                f" · {trial}'s configuration trained for {kept['steps']} steps; the trial scored {_num(best.values[0])}" if kept else ""
+            )
             lines.append(
-                f"**Winner: {run_link(experiment_id, study_mod.run_id(best, study), f'trial {best.number}')}** · "
-                f"{names[0]} {_num(value)}{gain} (one run each on the same eval set and prompts; no noise estimate; "
-                f"`afina compare {spec_path}` shows the answers side by side)"
+                f"**Winner: {who}** · {names[0]} {_num(value)}{gain}{lineage} (one run each on the same eval set and prompts; "
+                f"no noise estimate; `afina compare {spec_path}` shows the answers side by side)"
             )
     lines.append(
         f"{len(trials)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed · objective "

@@ -172,6 +172,16 @@ def best(study: optuna.Study, index: int = 0):
     return min(trials, key=lambda t: (sign * t.values[index], t.number)) if trials else None
 
 
+def kept_refit(study: optuna.Study, trial, index: int = 0) -> dict | None:
+    """The refit of `trial` (the study's `refit` record) when it beats the trial on objective `index`: then it,
+    not the trial, is the model `afina promote` registers. None otherwise."""
+    r = study.user_attrs.get("refit") or {}
+    if r.get("state") != "COMPLETE" or r.get("of") != trial.number:
+        return None
+    sign = signs(study)[index]
+    return r if sign * r["values"][index] < sign * trial.values[index] else None
+
+
 def skipped(t) -> bool:
     """Trials that never trained: a draw that repeated an earlier trial's params (distinct.py), or a
     surplus one that lost the race for the last place in the budget."""

@@ -56,6 +56,7 @@ def fit(ctx: TrialContext, trial, job: Job) -> list[float]:
     total = schedule.total_steps(train_kw, len(rows))
     every = schedule.eval_every(train_kw, len(rows), len(prepared.eval), spec.model.method == "full")
     args, peft_config = configs(spec, train_kw, lora_kw, workdir, every, job.name)
+    settings = resolved(args, peft_config, train_kw, lora_kw)  # before PEFT expands "all-linear" into module names
     train_ds, eval_ds = datasets(ctx, rows, tok, args, attn, train_kw)
     watch = Watch(c, run_id, trial, total, job.on_step, ctx.directions, ctx.lead, constant_lr=_constant_lr(args))
     trainer = SFTTrainer(
@@ -70,7 +71,8 @@ def fit(ctx: TrialContext, trial, job: Job) -> list[float]:
     for cb in (PrinterCallback, ProgressCallback):  # the rich display and MLflow are the outputs
         trainer.remove_callback(cb)
     if ctx.lead:
-        tracking.log_params(c, run_id, {"world_size": args.world_size})  # ranks training this trial together
+        # ranks training this trial together, and the settings it trains with that the spec left at their defaults
+        tracking.log_params(c, run_id, {"world_size": args.world_size, **settings})
         tracking.reserve(c, run_id, metrics.headline(spec, ctx.prompts))  # listed first on the run's page
     out = trainer.train(resume_from_checkpoint=str(job.resume) if job.resume else None)
     best = trainer.state.best_metric if trainer.state.best_metric is not None else watch.last_eval
@@ -133,6 +135,24 @@ def configs(spec: Spec, train_kw: dict, lora_kw: dict, workdir: Path, every: int
 
         peft_config = LoraConfig(task_type="CAUSAL_LM", **{"target_modules": "all-linear", **lora_kw})
     return args, peft_config
+
+
+# Settings every run logs as trained, defaults included: a run's page says what its numbers came from.
+RESOLVED_TRAIN = ("learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio")
+RESOLVED_LORA = ("r", "lora_alpha", "lora_dropout", "target_modules")
+
+
+def resolved(args, peft_config, train_kw: dict, lora_kw: dict) -> dict[str, Any]:
+    """train.X / lora.X params for the RESOLVED settings the spec did not set (trial.py logs the ones it did)."""
+    out = {}
+    for prefix, config, names, given in (("train", args, RESOLVED_TRAIN, train_kw), ("lora", peft_config, RESOLVED_LORA, lora_kw)):
+        for name in names:
+            if config is None or name in given or not hasattr(config, name):
+                continue
+            value = getattr(config, name)
+            value = getattr(value, "value", value)  # SchedulerType.LINEAR -> "linear"
+            out[f"{prefix}.{name}"] = sorted(value) if isinstance(value, (set, frozenset)) else value
+    return out
 
 
 def datasets(ctx: TrialContext, rows: list[Row], tok, args, attn: str | None, train_kw: dict):

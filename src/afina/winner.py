@@ -192,9 +192,9 @@ def prefer(study: optuna.Study, spec: Spec, trial, console):
     r, index = state(study), objective_index(study, spec)
     if r.get("state") != "COMPLETE" or r.get("of") != trial.number or index is None:
         return trial
-    sign, name = study_mod.signs(study)[index], study_mod.objectives(study)[index]
+    name = study_mod.objectives(study)[index]
     mine, theirs = r["values"][index], trial.values[index]
-    if sign * mine < sign * theirs:
+    if study_mod.kept_refit(study, trial, index):
         console.print(
             f"the refit of trial {trial.number} ({r['steps']} steps): {name} {mine:.4g} beats the trial's {theirs:.4g}; it is the candidate"
         )
