@@ -26,8 +26,9 @@ from stores import trial_running, wait_for
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local Ray cluster that declares 4 GPUs: Ray hands each worker one, as it would real ones."""
-    ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    """A new local Ray cluster (never one left on the machine) that declares 4 GPUs: Ray hands each worker one,
+    as it would real ones."""
+    ray.init(address="local", num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
 
