@@ -109,6 +109,9 @@ def test_sweep_parent_and_children(swept):
     assert parent.data.tags["afina.best_trial"] == str(s.best_trial.number)
     assert parent.data.tags["afina.best_run_id"] == children[s.best_trial.number].info.run_id
     assert "tiny · 3 trials" in out and "afina ui" in out
+    # no ablation ran: the sweep names the one that decides, with its cost (2 arms x 5 seeds of 4 x 4 steps)
+    said = " ".join(out.split())
+    assert "--seeds 5 --steps 16` decides" in said and "(10 runs of 16 steps, the compute of about 40 trials)" in said, said[-1500:]
     exp = parent.info.experiment_id
     assert f"#/experiments/{exp}/runs?workflowType=machine_learning&viewStateShareKey=afina" in out.replace("\n", "")
     # the runs table's view: the objective's column, then the searched params (MLflow's shared-view tag)

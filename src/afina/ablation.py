@@ -249,8 +249,29 @@ def refresh(
         cmd = f"afina ablate {spec_path} --seeds {seeds}" + (f" --steps {steps}" if steps else "")
         summary["ablation"] = run(ctx, study, seeds, steps, console, cmd)
         study.set_user_attr("verdicts", summary)  # the regression's noise floor comes from the ablation
+    elif not summary.get("ablation"):
+        summary["plan"] = deciding_run(spec, study, spec_path)
     summary |= across_trials(spec, study)
     return record(spec, study, ctx.client, ctx.parent_id, summary)
+
+
+SEEDS, LONGER = 5, 4  # the ablation that decided the quickstart's question (BENCHMARKS row 9): 5 seeds, 4x a trial's steps
+
+
+def deciding_run(spec: Spec, study, spec_path: str) -> dict | None:
+    """The ablation that can answer, with its cost, for a sweep that ran none: every arm under SEEDS paired seeds
+    at LONGER times the best trial's steps (short runs of few seeds end "not enough evidence", row 9's did not)."""
+    try:
+        params, _ = best_trial(spec, study)
+    except UserError:
+        return None
+    plan, _ = arms(spec, params)
+    if len(plan) == 1:
+        return None
+    steps = params.get("train.max_steps", spec.train.get("max_steps"))
+    longer = LONGER * steps if isinstance(steps, int) and steps > 0 else None
+    command = f"afina ablate {spec_path} --seeds {SEEDS}" + (f" --steps {longer}" if longer else "")
+    return {"command": command, "runs": len(plan) * SEEDS, "steps": longer, "trials": len(plan) * SEEDS * LONGER if longer else None}
 
 
 def after_sweep(ctx: TrialContext, study, console, spec_path: str) -> None:

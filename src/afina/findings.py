@@ -58,7 +58,17 @@ def lines(summary: dict | None, spec_path: str | None = None) -> list[str]:
             )
         else:
             out.append(f"Predicted best mixture: too few trials (n={mix['n']}, need {mix['need']})")
-    if not abl and (reg or mix):
+    if not abl and (plan := summary.get("plan")):
+        cost = (
+            f"{plan['runs']} runs of {plan['steps']} steps, the compute of about {plan['trials']} trials"
+            if plan["steps"]
+            else f"{plan['runs']} runs"
+        )
+        out.append(
+            f"Not enough evidence yet for a controlled verdict: `{plan['command']}` decides: it retrains the best configuration "
+            f"with each searched slice toggled under paired seeds ({cost})."
+        )
+    elif not abl and (reg or mix):
         out.append(
             f"Not enough evidence yet for a controlled verdict: `afina ablate {spec_path}` retrains the best configuration "
             "with each searched slice toggled under 3 paired seeds."
