@@ -44,6 +44,35 @@ def _forget_mlflow_uri() -> None:
         os.environ.pop(key, None)
 
 
+def _needed() -> dict[str, tuple]:
+    """marker: (is it here?, what is missing, how to get it) for the services whole tiers of tests need."""
+    import shutil
+
+    from stores import PG, PG_FIX, pg_ok
+
+    return {
+        "pg": (pg_ok, f"PostgreSQL at {PG.rsplit('@', 1)[-1]} does not answer", PG_FIX),
+        "browser": (
+            lambda: bool(shutil.which("chromium") or shutil.which("chromium-browser")),
+            "Chromium is not installed",
+            "apt-get install chromium (.ci/run installs it)",
+        ),
+    }
+
+
+def pytest_collection_modifyitems(config, items):
+    """A missing service skips its tests on a contributor's machine; with CI set it stops the run in one line,
+    so a green CI never hides an untested tier."""
+    for marker, (here, what, fix) in _needed().items():
+        marked = [item for item in items if item.get_closest_marker(marker)]
+        if not marked or here():
+            continue
+        if os.environ.get("CI"):
+            pytest.exit(f"{what}, and CI must run its {len(marked)} tests: {fix}", returncode=1)
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason=f"{what}: {fix}"))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     _forget_mlflow_uri()

@@ -26,7 +26,7 @@ import pytest
 from conftest import tiny_spec, write_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+pytestmark = pytest.mark.browser  # conftest: skipped without Chromium, a stopped run when CI is set
 ARGS = [
     "--headless",
     "--no-sandbox",

@@ -2,6 +2,7 @@
 --verbose, and no deprecation warnings from the libraries afina drives."""
 
 import json
+import os
 import re
 import sys
 import warnings
@@ -181,3 +182,24 @@ def test_a_one_process_sweep_never_imports_ray():
     code = "import sys\nimport afina.cli, afina.sweep, afina.trial, afina.sweep_work\nprint('RAY', 'ray' in sys.modules)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert "RAY False" in out, out
+
+
+def test_with_ci_set_a_missing_postgresql_stops_the_run_in_one_line():
+    """No silent skips in CI: PostgreSQL down (here: a port nobody listens on) stops the run with one line naming it;
+    without CI the same tests are skipped, and with the server up they run."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    dead = {"AFINA_TEST_PG": "postgresql://postgres@127.0.0.1:1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--co", "tests/test_scaleout.py"]
+
+    def collect(**env: str):
+        clean = {k: v for k, v in os.environ.items() if k != "CI"}
+        return subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300, env={**clean, **env})
+
+    stopped = collect(CI="true", **dead)
+    said = [line for line in (stopped.stdout + stopped.stderr).splitlines() if "PostgreSQL" in line]
+    assert stopped.returncode == 1 and len(said) == 1, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    assert "PostgreSQL at 127.0.0.1:1 does not answer, and CI must run its" in said[0] and "pg_ctlcluster" in said[0]
+    assert collect(**dead).returncode == 0  # a contributor's machine: the same tests collected, then skipped
+    assert collect(CI="true").returncode == 0  # the server is up (CI starts it): nothing stops

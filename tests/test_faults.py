@@ -22,7 +22,7 @@ import pytest
 from afina import models
 from afina.sweep import finished
 from conftest import TIENDA, tiny_spec, write_spec
-from stores import PG, free_port, pg_ok, sweep, trial_running, wait_for
+from stores import PG, PG_FIX, free_port, missing, pg_ok, sweep, trial_running, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def not_mlflow():
 def mount(folder: Path, options: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
+        missing("cannot mount a tmpfs here", "run the tests as root, as CI does")
     return folder
 
 
@@ -174,7 +174,7 @@ CASES = [
 @pytest.mark.parametrize(("fault", "make", "match", "pg"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_writes_nothing(fault, make, match, pg, project, cli, not_mlflow):
     if pg and not pg_ok():
-        pytest.skip("PostgreSQL is not reachable")
+        missing("PostgreSQL at 127.0.0.1:5432 does not answer", PG_FIX)
     path = write_spec(project, tiny_spec(**make(project, not_mlflow)))
     code, out, err = cli("sweep", path, "--no-progress")
     assert code == 2, (out, err)
