@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from afina import budget, metrics, tracking, winner
 from afina import study as study_mod
+from afina.spec_search import sense
 
 if TYPE_CHECKING:
     import optuna
@@ -53,9 +54,7 @@ def direction(name: str, study: optuna.Study) -> int:
     names = study_mod.objectives(study)
     if name in names:
         return study_mod.signs(study)[names.index(name)]
-    if name == "length":
-        return 0
-    return 1 if name.endswith(("loss", "runtime", "tokens", "unparsed")) else -1
+    return {"minimize": 1, "maximize": -1, None: 0}[sense(name)]
 
 
 def record(spec: Spec, study: optuna.Study, c, parent_id: str) -> dict | None:

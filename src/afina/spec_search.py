@@ -24,6 +24,18 @@ def name_ok(name: Any) -> bool:
     return isinstance(name, str) and len(name) <= MAX_NAME and re.fullmatch(NAME, name) is not None
 
 
+LOWER_IS_BETTER = ("loss", "runtime", "tokens", "unparsed", "nll")  # suffixes of the metrics that are minimized
+NEUTRAL = ("length",)  # no better direction: an answer's length is reported as higher / lower
+
+
+def sense(metric: str) -> str | None:
+    """Which way a metric improves, the one rule every part of afina uses: "minimize" for names ending in loss,
+    runtime, tokens, unparsed or nll, None for a neutral one (length), "maximize" for the rest (chrf, rougeL, judge...)."""
+    if metric in NEUTRAL:
+        return None
+    return "minimize" if metric.endswith(LOWER_IS_BETTER) else "maximize"
+
+
 class Strict(BaseModel):
     # allow_inf_nan=False: .inf or .nan anywhere (bounds, weights, timeouts) is a typo, not a setting
     # protected_namespaces=(): pydantic 2.9 reserves every "model_" name and warns on promote.model_name
@@ -158,7 +170,7 @@ class Search(Strict):
     """Extra keyword arguments for the Optuna pruner, e.g. {n_startup_trials: 2, n_warmup_steps: 4}."""
     objective: str | list[str] = "eval_loss"
     direction: Literal["minimize", "maximize"] | list[Literal["minimize", "maximize"]] | None = None
-    """Defaults to minimize for names ending in loss/runtime/tokens/unparsed, maximize otherwise."""
+    """Defaults to minimize for names ending in loss/runtime/tokens/unparsed/nll, maximize otherwise (`sense`)."""
     seed: int = Field(0, ge=0, le=2**32 - 1)
     heartbeat: int | None = Field(60, ge=1)
     """Seconds between a worker's heartbeats; a trial silent for 3 beats is failed and retried."""
@@ -188,7 +200,7 @@ class Search(Strict):
     @property
     def directions(self) -> list[str]:
         if self.direction is None:
-            return ["minimize" if o.endswith(("loss", "runtime", "tokens", "unparsed")) else "maximize" for o in self.objectives]
+            return [sense(o) or "maximize" for o in self.objectives]  # a neutral objective (length): its size is wanted
         return [self.direction] if isinstance(self.direction, str) else list(self.direction)
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from afina import findings, metrics
+from afina.spec_search import sense
 
 if TYPE_CHECKING:
     from afina.spec import Spec
@@ -139,7 +140,7 @@ def sweep_metrics(study) -> dict[str, float]:
         for k, v in (t.user_attrs.get("results") or {}).items():
             if k in names or k in metrics.TRAINING or not math.isfinite(v):
                 continue
-            lower = k.endswith(("loss", "unparsed"))
+            lower = sense(k) == "minimize"
             key = f"best_{k}"
             out[key] = v if key not in out else (min(out[key], v) if lower else max(out[key], v))
     winner = study_mod.best(study) if len(study.directions) == 1 else None

@@ -24,10 +24,11 @@ from itertools import product
 
 import numpy as np
 
+from afina.spec_search import sense
+
 LEVEL = 0.95
 METHOD = "paired t-interval, 95 %"
 CONFOUNDED = 0.8  # |correlation| between two searched parameters across the trials
-NEUTRAL = ("length",)  # no better direction: reported as higher / lower
 
 
 @dataclass
@@ -58,9 +59,7 @@ def direction(metric: str, known: dict[str, str] | None = None) -> str | None:
     """minimize / maximize (the spec's rule: *loss, *runtime, *tokens, *unparsed are minimized), None when neutral."""
     if known and metric in known:
         return known[metric]
-    if metric in NEUTRAL:
-        return None
-    return "minimize" if metric.endswith(("loss", "runtime", "tokens", "unparsed", "nll")) else "maximize"
+    return sense(metric)
 
 
 def judge(metric: str, n: int, delta: float, lo: float, hi: float, sense: str | None, noise: float | None = None, why: str = "") -> Effect:
