@@ -224,9 +224,17 @@ def test_disk_full(project, cli, tmpfs):
 
 
 def test_corrupt_weights_fail_their_trials_not_the_sweep(project, cli):
-    """A fault inside a trial (weights that do not load) fails that trial, closes its run, and the sweep goes on."""
+    """A fault inside a trial (weights that do not fit the model) fails that trial, closes its run, and the sweep
+    goes on. A file that is not safetensors at all is refused before the sweep (tests/test_bad_input_upfront.py);
+    these are real safetensors, whose every tensor has the wrong shape, which only loading the model finds."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
     bad = model_copy(project, "corrupt")
-    (bad / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage" + b"\0" * 64)
+    with safe_open(str(bad / "model.safetensors"), framework="pt") as f:
+        names = list(f.keys())
+    save_file({name: torch.zeros(3) for name in names}, str(bad / "model.safetensors"), metadata={"format": "pt"})
     path = write_spec(project, tiny_spec(model={"ref": str(bad)}, search={"n_trials": 2}))
     code, out, err = cli("sweep", path, "--no-progress")
     assert code == 1 and "error: all 2 trials failed" in err, err  # both ran; a sweep that achieved nothing says so
