@@ -180,22 +180,19 @@ def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict]
     ]
     from afina import findings
 
-    parts.append(findings.html_section(study.user_attrs.get("verdicts")))
+    forest = [p for p in pngs if p.stem == "verdicts"]  # the controlled verdict as a picture, in its own section
+    parts.append(findings.html_section(study.user_attrs.get("verdicts")) + "".join(_figure(p, names) for p in forest))
     parts.append(paid.html(study))
     parts.append("<h2>Leaderboard</h2>" + (("<p>★ = on the Pareto front</p>") if len(study.directions) > 1 else ""))
     cols = _columns(board)
     parts.append(table_html(cols, [[r.get(k) for k in cols] for r in board]))
     parts.append(_worth_it(study))
     if pngs:
+        left_out = plots.importances_left_out(study)
         parts.append(
-            "<h2>Plots</h2><div class='pics'>"
-            + "".join(
-                f"<figure><img alt='{html.escape(plots.caption(p.stem, names))}' "
-                f"src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
-                f"<figcaption>{html.escape(plots.caption(p.stem, names))}</figcaption></figure>"
-                for p in pngs
-            )
-            + "</div>"
+            "<h2>Plots</h2>"
+            + (f"<p>{html.escape(left_out)}</p>" if left_out else "")
+            + f"<div class='pics'>{''.join(_figure(p, names) for p in pngs if p not in forest)}</div>"
         )
     prompts = metrics.prompts(spec)
     trials = [r for r in board if r["trial"] not in ("base", "reference") and r["state"].startswith("COMPLETE")]
@@ -234,6 +231,12 @@ def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict]
     parts.append(_data_section(c, parent_id))
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def _figure(png: Path, names: list[str]) -> str:
+    cap = html.escape(plots.caption(png.stem, names))
+    data = base64.b64encode(png.read_bytes()).decode()
+    return f"<figure><img alt='{cap}' src='data:image/png;base64,{data}'><figcaption>{cap}</figcaption></figure>"
 
 
 def _worth_it(study: optuna.Study) -> str:
