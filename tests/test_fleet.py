@@ -1,8 +1,8 @@
 """`afina sweep --workers N` on a real Ray cluster on this machine (logical GPUs, trials on the CPU): many workers,
 one study, each worker on its own GPU, none trained twice; a worker killed with kill -9 is started again by Ray
 and its trial resumes from its checkpoint; the embedded cluster on a fresh project's default stores; Ctrl-C
-leaves no RUNNING run and no process behind; a cluster of machines refuses SQLite stores in one line; the same
-workers as a Slurm job array through submitit (its local executor here)."""
+leaves no RUNNING run and no process behind; a cluster of machines refuses SQLite stores in one line.
+The same workers as a Slurm job array: tests/test_slurm.py."""
 
 from __future__ import annotations
 
@@ -169,26 +169,3 @@ def test_a_cluster_of_machines_refuses_sqlite_stores_in_one_line(project, cli):
     with nothing_written(project):
         code, out, err = cli("sweep", "spec.yaml", "--ray", "10.1.2.3:6379")
     assert code == 2 and "add --workers N" in err, err
-
-
-def test_workers_as_a_slurm_array_through_submitit(project, cli):
-    """`--workers 2 --slurm`: the first worker, then the rest as a job array, each the same worker loop. Without
-    Slurm on this machine submitit runs them as local processes; the Slurm options are kept for a real cluster."""
-    write_spec(project, fleet_spec(3, max_steps=8, eval_steps=4))
-    code, out, err = cli("sweep", "spec.yaml", "--workers", "2", "--slurm", "--slurm-args", "partition=gpu,time=30", "--no-progress")
-    assert code == 0, (out[-2000:], err[-3000:])
-    assert "Slurm (local): 2 workers of 0 GPU each" in out and "submitted jobs" in out, out
-    assert [t.state.name for t in study(project).trials] == ["COMPLETE"] * 3
-    assert sorted(int(r.data.tags["afina.trial"]) for r in runs(project)) == [0, 1, 2]
-    logs = sorted((project / "mlruns" / "slurm").glob("*/*_log.out"))
-    assert len(logs) == 2, logs  # one task log per worker
-
-
-def test_bad_slurm_options_are_one_line(project, cli):
-    write_spec(project, fleet_spec(2))
-    with nothing_written(project):
-        code, out, err = cli("sweep", "spec.yaml", "--workers", "2", "--slurm", "--slurm-args", "partition")
-    assert code == 2 and err.count("\n") == 1 and "--slurm-args 'partition': give Slurm options as key=value" in err, err
-    with nothing_written(project):
-        code, out, err = cli("sweep", "spec.yaml", "--workers", "2", "--slurm", "--ray", "auto")
-    assert code == 2 and "pick one engine" in err, err
