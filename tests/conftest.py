@@ -168,21 +168,26 @@ def jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def chat_reply(handler, content: str) -> None:
+    """Answer an OpenAI-style chat completion request with `content` (the fake judges of the tests)."""
+    data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 @contextlib.contextmanager
-def judge_then_down(path: str = "/v1"):
+def judge_then_down():
     """An OpenAI-style judge endpoint that answers one request (the sweep's start-up probe) and then goes
-    away: the judge lost mid-sweep. Yields its URL."""
+    away: the judge lost mid-sweep. Yields its port."""
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     class Once(BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
-            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": "1"}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            chat_reply(self, "1")
 
         def log_message(self, *args):
             pass

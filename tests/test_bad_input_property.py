@@ -212,21 +212,28 @@ def clean_env():
 def test_malformed_spec_is_one_line_and_writes_nothing(clean_env, command, case):
     kind, spec = case
     event(kind)
+    text = spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
+    code, out, err, unchanged = in_a_new_folder(command, {"spec.yaml": text})
+    assert code == 2, (kind, text, out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1, (kind, err)
+    assert "Traceback" not in out + err
+    assert unchanged, (kind, err)  # no mlruns/, no study, no run, no report
+
+
+def in_a_new_folder(command: str, files: dict[str, str]) -> tuple[int, str, str, bool]:
+    """`afina COMMAND spec.yaml` in an empty folder holding `files`: (code, stdout, stderr, nothing written)."""
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        text = spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
-        (folder / "spec.yaml").write_text(text, encoding="utf-8")
+        for name, text in files.items():
+            (folder / name).write_text(text, encoding="utf-8")
         before = snapshot(folder)
         os.chdir(folder)
         try:
             code, out, err = run_cli(command, "spec.yaml", *(["--no-progress"] if command == "sweep" else []))
         finally:
             os.chdir(cwd)
-        assert code == 2, (kind, text, out, err)
-        assert err.startswith("error: ") and err.count("\n") == 1, (kind, err)
-        assert "Traceback" not in out + err
-        assert snapshot(folder) == before, (kind, err)  # no mlruns/, no study, no run, no report
+        return code, out, err, snapshot(folder) == before
 
 
 @st.composite
@@ -247,20 +254,10 @@ def deep_jsonl(draw) -> tuple[int, str]:
 @given(case=deep_jsonl())
 def test_deeply_nested_data_line_is_one_line_naming_it_and_writes_nothing(clean_env, command, case):
     line, text = case
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "faq.jsonl").write_text(text, encoding="utf-8")
-        spec = base()
-        spec["data"]["slices"]["faq"]["path"] = "faq.jsonl"
-        (folder / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
-        before = snapshot(folder)
-        os.chdir(folder)
-        try:
-            code, out, err = run_cli(command, "spec.yaml", *(["--no-progress"] if command == "sweep" else []))
-        finally:
-            os.chdir(cwd)
-        assert code == 2, (out, err[-500:])
-        assert err.startswith("error: ") and err.count("\n") == 1, err[-500:]
-        assert f"faq.jsonl:{line}: values nested more than 64 deep" in err, err
-        assert snapshot(folder) == before
+    spec = base()
+    spec["data"]["slices"]["faq"]["path"] = "faq.jsonl"
+    code, out, err, unchanged = in_a_new_folder(command, {"faq.jsonl": text, "spec.yaml": yaml.safe_dump(spec, allow_unicode=True)})
+    assert code == 2, (out, err[-500:])
+    assert err.startswith("error: ") and err.count("\n") == 1, err[-500:]
+    assert f"faq.jsonl:{line}: values nested more than 64 deep" in err, err
+    assert unchanged

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from afina import judge
-from conftest import judge_then_down, tiny_spec, write_spec
+from conftest import chat_reply, judge_then_down, tiny_spec, write_spec
 
 FAST = {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 48, "eval_steps": 1, "seed": 0}
 PROMPTS = [
@@ -71,12 +71,7 @@ class FakeJudge(BaseHTTPRequestHandler):
             reply = "A"
         else:
             reply = "Score: 7/10" if len(FakeJudge.seen) % 2 else "I like turtles"
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        chat_reply(self, reply)
 
     def log_message(self, *args):
         pass
