@@ -39,40 +39,53 @@ def client_loop(storage_url: str, mlflow_uri: str, study_name: str, experiment_i
     """One worker's store traffic for `seconds`; latencies in ms."""
     import optuna
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=60)
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    c = MlflowClient(mlflow_uri)
-    out: dict[str, list[float]] = {"ask": [], "tell": [], "mlflow": [], "trials": []}
+    out: dict[str, list] = {"ask": [], "tell": [], "mlflow": [], "trials": [], "errors": []}
+    try:
+        storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=60)
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        c = MlflowClient(mlflow_uri)
+    except Exception as e:  # e.g. PostgreSQL's max_connections reached: counted, the figure that matters
+        out["errors"].append(f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
+        return out
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        t0 = time.perf_counter()
-        trial = study.ask()
-        lr = trial.suggest_float("learning_rate", 1e-5, 1e-2, log=True)
-        out["ask"].append((time.perf_counter() - t0) * 1e3)
-
-        def call(fn, *a, **kw):
-            s = time.perf_counter()
-            r = fn(*a, **kw)
-            out["mlflow"].append((time.perf_counter() - s) * 1e3)
-            return r
-
-        run = call(c.create_run, experiment_id, tags={"afina.role": "trial", "afina.trial": str(trial.number)})
-        rid = run.info.run_id
-        call(c.log_batch, rid, params=[Param(f"train.p{i}", str(i)) for i in range(30)])
-        for step in range(steps):
-            ms = int(time.time() * 1000)
-            names = ("loss", "grad_norm", "learning_rate", "eval_loss", "epoch", "train_tokens")
-            call(c.log_batch, rid, metrics=[Metric(n, 1.0 / (step + 1), ms, step) for n in names])
-        call(c.log_batch, rid, metrics=[Metric("best_eval_loss", lr, int(time.time() * 1000), steps)])
-        call(c.set_terminated, rid, "FINISHED")
-        t1 = time.perf_counter()
-        study.tell(trial, lr)
-        out["tell"].append((time.perf_counter() - t1) * 1e3)
-        out["trials"].append(time.monotonic())
+        try:
+            _trial(study, c, experiment_id, steps, out)
+        except Exception as e:  # a store that refused or timed out: counted, and the worker goes on
+            out["errors"].append(f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
     return out
+
+
+def _trial(study, c, experiment_id: str, steps: int, out: dict) -> None:
+    """One simulated trial's store traffic, its latencies appended to `out` (ms)."""
+    from mlflow.entities import Metric, Param
+
+    t0 = time.perf_counter()
+    trial = study.ask()
+    lr = trial.suggest_float("learning_rate", 1e-5, 1e-2, log=True)
+    out["ask"].append((time.perf_counter() - t0) * 1e3)
+
+    def call(fn, *a, **kw):
+        s = time.perf_counter()
+        r = fn(*a, **kw)
+        out["mlflow"].append((time.perf_counter() - s) * 1e3)
+        return r
+
+    run = call(c.create_run, experiment_id, tags={"afina.role": "trial", "afina.trial": str(trial.number)})
+    rid = run.info.run_id
+    call(c.log_batch, rid, params=[Param(f"train.p{i}", str(i)) for i in range(30)])
+    for step in range(steps):
+        ms = int(time.time() * 1000)
+        names = ("loss", "grad_norm", "learning_rate", "eval_loss", "epoch", "train_tokens")
+        call(c.log_batch, rid, metrics=[Metric(n, 1.0 / (step + 1), ms, step) for n in names])
+    call(c.log_batch, rid, metrics=[Metric("best_eval_loss", lr, int(time.time() * 1000), steps)])
+    call(c.set_terminated, rid, "FINISHED")
+    t1 = time.perf_counter()
+    study.tell(trial, lr)
+    out["tell"].append((time.perf_counter() - t1) * 1e3)
+    out["trials"].append(time.monotonic())
 
 
 def run(n: int, seconds: float, steps: int, storage_url: str, mlflow_uri: str) -> dict:
@@ -107,6 +120,7 @@ def run(n: int, seconds: float, steps: int, storage_url: str, mlflow_uri: str) -
         ray.kill(h)
     merged = {k: [x for r in results for x in r[k]] for k in ("ask", "tell", "mlflow")}
     trials = sum(len(r["trials"]) for r in results)
+    errors = [e for r in results for e in r["errors"]]
 
     def p(xs, q):
         return statistics.quantiles(xs, n=100)[q - 1] if len(xs) >= 2 else float("nan")
@@ -118,6 +132,8 @@ def run(n: int, seconds: float, steps: int, storage_url: str, mlflow_uri: str) -
         **{f"{k}_p50_ms": p(v, 50) for k, v in merged.items()},
         **{f"{k}_p95_ms": p(v, 95) for k, v in merged.items()},
         "pg_connections_peak": peak[0],
+        "errors": len(errors),
+        "first_error": errors[0] if errors else "",
         "wall_s": wall,
     }
 
@@ -162,13 +178,13 @@ def main() -> None:
         print(
             f"{os.cpu_count()} CPUs; afina server with {args.server_workers} workers; {args.seconds:g} s per N; {args.steps} steps a trial"
         )
-        print("workers  trials/min  ask p50/p95 ms  tell p50/p95 ms  mlflow call p50/p95 ms  PG connections")
+        print("workers  trials/min  ask p50/p95 ms  tell p50/p95 ms  mlflow call p50/p95 ms  PG connections  errors")
         for n in args.workers:
             r = run(n, args.seconds, args.steps, f"{PG}/{dbs[0]}", f"http://127.0.0.1:{port}")
             print(
                 f"{n:7d}  {r['trials_per_min']:10.0f}  {r['ask_p50_ms']:6.0f} / {r['ask_p95_ms']:<6.0f} "
                 f"{r['tell_p50_ms']:6.0f} / {r['tell_p95_ms']:<6.0f}  {r['mlflow_p50_ms']:9.0f} / {r['mlflow_p95_ms']:<9.0f} "
-                f"{r['pg_connections_peak']:5d}",
+                f"{r['pg_connections_peak']:5d}  {r['errors']} {r['first_error']}",
                 flush=True,
             )
         ray.shutdown()
