@@ -24,6 +24,7 @@ from stores import trial_running, wait_for
 # the later tests writing to a closed stderr.
 DRIVER = """
 import sys
+import ray
 ray.init(address="local", num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 sys.argv = ["afina", "sweep", "spec.yaml", *sys.argv[1:]]
 from afina.cli import main
