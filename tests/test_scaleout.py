@@ -14,6 +14,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
+from afina.study import skipped
 from afina.sweep import finished
 from conftest import tiny_spec, write_spec
 from stores import drop_database, free_port, needs_pg, new_database, start_server, stop, sweep, wait_for
@@ -294,7 +295,7 @@ def test_workers_on_a_ray_cluster_at_an_address_share_one_study_on_postgresql(st
     finally:
         stop(head)
     study = load(stack, "rayed")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert [t.state.name for t in study.trials if not skipped(t)] == ["COMPLETE"] * 4  # less surplus asks (never trained)
     _, trial_runs = runs(stack, "rayed")
     assert sorted(int(r.data.tags["afina.trial"]) for r in trial_runs) == [0, 1, 2, 3]
     assert {r.data.tags["afina.gpu"] for r in trial_runs} <= {"0", "1"}

@@ -5,7 +5,7 @@ runs in its own process, as a user starts it."""
 from __future__ import annotations
 
 from conftest import nothing_written, write_spec
-from test_fleet import _afina, fleet_spec, runs, study
+from test_fleet import _afina, fleet_spec, runs, trained
 
 
 def test_workers_as_a_slurm_array_through_submitit(project):
@@ -16,7 +16,7 @@ def test_workers_as_a_slurm_array_through_submitit(project):
     out = (project / "slurm.log").read_text() if proc.wait(timeout=600) == 0 else ""
     assert proc.returncode == 0, (project / "slurm.log").read_text()[-4000:]
     assert "Slurm (local): 2 workers of 0 GPU each" in out and "submitted jobs" in out, out
-    assert [t.state.name for t in study(project).trials] == ["COMPLETE"] * 3
+    assert [t.state.name for t in trained(project)] == ["COMPLETE"] * 3
     assert sorted(int(r.data.tags["afina.trial"]) for r in runs(project)) == [0, 1, 2]
     logs = sorted((project / "mlruns" / "slurm").glob("*/*_log.out"))
     assert len(logs) == 2, logs  # one task log per worker
