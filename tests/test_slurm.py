@@ -23,6 +23,9 @@ def test_workers_as_a_slurm_array_through_submitit(project):
 
 
 def test_bad_slurm_options_are_one_line(project, cli):
+    """In-process: neither refusal imports submitit (in pytest's process it left later tests without a stderr)."""
+    import sys
+
     write_spec(project, fleet_spec(2))
     with nothing_written(project):
         code, out, err = cli("sweep", "spec.yaml", "--workers", "2", "--slurm", "--slurm-args", "partition")
@@ -30,3 +33,4 @@ def test_bad_slurm_options_are_one_line(project, cli):
     with nothing_written(project):
         code, out, err = cli("sweep", "spec.yaml", "--workers", "2", "--slurm", "--ray", "auto")
     assert code == 2 and "pick one engine" in err, err
+    assert "submitit" not in sys.modules

@@ -25,11 +25,11 @@ def run(spec: Spec, spec_path: str, console, workers: int, slurm_args: str | Non
     """Validate, submit the first worker, the rest as an array once it has set the sweep up, wait for all."""
     from rich.live import Live
 
+    extra = parse(slurm_args)  # before submitit is imported: a bad option is one line, whatever is installed
     try:
         import submitit
     except ImportError:
         raise UserError("--slurm submits workers with submitit, which is not installed; pip install 'afina[slurm]'") from None
-    extra = parse(slurm_args)
     from afina import sweep
 
     sweep.validate(spec)  # bad input: one line and exit 2, before anything is submitted or written
