@@ -42,9 +42,7 @@ class Arm:
 
 
 def objective(spec: Spec) -> tuple[int, str]:
-    name = spec.promote.objective or spec.search.objectives[0]
-    if name not in spec.search.objectives:
-        raise UserError(f"promote.objective {name!r} is not one of search.objective {spec.search.objectives}")
+    name = spec.promote.objective or spec.search.objectives[0]  # the spec holds promote.objective to the objectives
     return spec.search.objectives.index(name), name
 
 

@@ -286,7 +286,7 @@ def _answers_cut(spec: Spec, sets: dict[str, list[Row]], tokenizer, report: Repo
         asks = [(r, a[0]) for r, a in asks if a]
         if not asks:
             continue
-        heads = _prompt_tokens([p for _, p in asks], tokenizer)
+        heads = _counted([p for _, p in asks], tokenizer, generation_prompt=True)
         cut = [(r, n) for (r, _), n in zip(asks, heads, strict=True) if n >= limit]
         report.slices[name]["answer_cut"] = len(cut)
         for row, n in cut:
@@ -310,20 +310,17 @@ def _answers_cut(spec: Spec, sets: dict[str, list[Row]], tokenizer, report: Repo
             )
 
 
-def _prompt_tokens(prompts: list[list[dict]], tokenizer) -> list[int]:
-    """Tokens before the answer starts, as data_tokens masks them: the prompt turns and the generation prompt."""
-    out: list[int] = []
-    for i in range(0, len(prompts), 512):
-        batch = tokenizer.apply_chat_template(prompts[i : i + 512], tokenize=True, add_generation_prompt=True)
-        out += [len(ids) for ids in batch["input_ids"]]
-    return out
-
-
 def tokens(rows: list[Row], tokenizer) -> list[int]:
     """Token count per row as SFTTrainer sees it: the chat template applied, then tokenized."""
+    return _counted([r.messages for r in rows], tokenizer)
+
+
+def _counted(chats: list[list[dict]], tokenizer, generation_prompt: bool = False) -> list[int]:
+    """Tokens of each chat under the tokenizer's chat template, 512 chats at a time; with the generation prompt,
+    the tokens before an answer starts, as data_tokens masks them."""
     out: list[int] = []
-    for i in range(0, len(rows), 512):
-        batch = tokenizer.apply_chat_template([r.messages for r in rows[i : i + 512]], tokenize=True)
+    for i in range(0, len(chats), 512):
+        batch = tokenizer.apply_chat_template(chats[i : i + 512], tokenize=True, add_generation_prompt=generation_prompt)
         out += [len(ids) for ids in batch["input_ids"]]
     return out
 
