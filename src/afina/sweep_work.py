@@ -8,7 +8,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING
 
-from afina import budget, distinct, stop
+from afina import budget, design, distinct, stop
 from afina import study as study_mod
 
 if TYPE_CHECKING:
@@ -41,7 +41,8 @@ def work(study: optuna.Study, objective, after, spec: Spec, length: int, streak:
     A trial starts only while finished + running trials leave room for it, so workers do not
     overshoot the budget. With no room, a worker waits while others run: one of them may die, and its
     retry (queued by Optuna's heartbeat check, which this wait runs) needs a taker. When the sampler
-    keeps repeating itself, an untried set of a finite space is queued by hand (distinct.py).
+    keeps repeating itself, an untried set of a finite space is queued by hand (distinct.py); a choice
+    of a searched slice that the start-up has not drawn yet is queued too (design.py).
     """
     import warnings
 
@@ -65,6 +66,7 @@ def work(study: optuna.Study, objective, after, spec: Spec, length: int, streak:
         live = sum(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False)) if beat else 0
         fits = budget.room(study, spec, length)
         if finished(study) + live < n and fits:
+            design.fill(study, spec.search)  # the start-up tries every choice of a searched slice (design.py)
             study.optimize(objective, n_trials=1, timeout=left, catch=(Exception,), callbacks=[after], gc_after_trial=True)
             continue
         if not fits and not live:
