@@ -71,7 +71,13 @@ def remote_code(project: Path) -> Path:
     cfg = json.loads((out / "config.json").read_text())
     cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
     (out / "config.json").write_text(json.dumps(cfg))
-    (out / "evil.py").write_text(f"open({str(project / 'pwned')!r}, 'w').write('remote code ran')\n")
+    # working remote code (a llama under other names) that leaves a mark when Python imports it
+    (out / "evil.py").write_text(
+        f"open({str(project / 'pwned')!r}, 'a').write('remote code ran\\n')\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n\n\n"
+        "class EvilConfig(LlamaConfig):\n    pass\n\n\n"
+        "class EvilModel(LlamaForCausalLM):\n    config_class = EvilConfig\n"
+    )
     return out
 
 
@@ -251,10 +257,20 @@ def test_corrupt_weights_fail_their_trials_not_the_sweep(project, cli):
 
 
 def test_remote_code_never_runs_unless_the_spec_says(project, cli):
-    path = write_spec(project, tiny_spec(model={"ref": str(remote_code(project))}, search={"n_trials": 1}, samples={"prompts": []}))
-    code, _, err = cli("sweep", path, "--no-progress")
+    folder = remote_code(project)
+    spec = tiny_spec(model={"ref": str(folder)}, search={"n_trials": 1}, samples={"prompts": []})
+    code, _, err = cli("sweep", write_spec(project, spec), "--no-progress")
     assert code == 0, err
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{project}/mlruns/optuna.db").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"]  # trained on the folder's weights, as a plain llama
     assert not (project / "pwned").exists()
+    # the positive control: the same folder with trust_remote_code does run its code, so the check above can fail
+    spec.update(name="trusted", model={"ref": str(folder), "trust_remote_code": True})
+    code, _, err = cli("sweep", write_spec(project, spec, "trusted.yaml"), "--no-progress")
+    assert code == 0, err
+    assert (project / "pwned").read_text() == "remote code ran\n"
+    trials = optuna.load_study(study_name="trusted", storage=f"sqlite:///{project}/mlruns/optuna.db").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"]
 
 
 def test_graceful_stop_resumes_and_second_ctrl_c_stops_at_once(project, cli):

@@ -57,8 +57,11 @@ def test_init_writes_a_spec_that_loads_and_checks(tickets, cli, project):
     code, _, err = cli("init", tickets)
     assert code == 2 and "already exists; pass --force" in err
     assert target.read_text(encoding="utf-8") == text
-    code, _, err = cli("init", tickets, "--model", "tiny-random", "--force", "--name", "tickets")
+    target.write_text("# my own edits\n" + text.replace("max_steps: 30", "max_steps: 99"), encoding="utf-8")
+    code, out, err = cli("init", tickets, "--model", "tiny-random", "--force", "--name", "tickets")
     assert code == 0, err
+    assert target.read_text(encoding="utf-8") == text  # overwritten with a fresh spec: the edits are gone
+    assert "check: 0 errors" in out and spec_mod.load(target).train["max_steps"] == 30
 
 
 def test_an_init_spec_sweeps_and_refits(tickets, cli, project):

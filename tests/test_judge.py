@@ -154,29 +154,76 @@ def test_judge_key_variable_must_be_set(project, cli, monkeypatch):
     assert not (project / "mlruns").exists()
 
 
-def test_local_model_judge_counts_what_it_cannot_parse():
-    cfg = SimpleNamespace(model="tiny-random", url=None, rubric="Be nice.", scale=(1, 10), show_reference=True, max_new_tokens=6)
-    prompts = [{"prompt": "¿Puedo devolver un pedido?", "reference": "Sí."}, {"prompt": "Hola", "reference": None}]
+def scripted_judge(folder: Path) -> Path:
+    """A local judge model whose greedy replies are known in advance: "7" to every question, "x" to one that
+    holds a "Z". Its weights are set by hand: every token embeds to one direction, the single attention
+    head (all-zero queries and keys, so it averages the context) carries the Z direction to a third one, and
+    the LM head maps the first direction to "7" and the third to "x". No end-of-text: it repeats until
+    max_new_tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from afina import models
+
+    tok = models.load_tokenizer(models.resolve("tiny-random"))
+    seven, x, z = (tok.convert_tokens_to_ids(c) for c in "7xZ")
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.fill_(1.0 if name.endswith("norm.weight") else 0.0)
+        attn = model.model.layers[0].self_attn
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        model.model.embed_tokens.weight[z, 1] = 100.0
+        attn.v_proj.weight[0, 1] = 1.0
+        attn.o_proj.weight[2, 0] = 100.0
+        model.lm_head.weight[seven, 0] = 1.0
+        model.lm_head.weight[x, 2] = 1.0
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_local_model_judge_counts_what_it_cannot_parse(tmp_path):
+    cfg = SimpleNamespace(url=None, rubric="Be nice.", scale=(1, 10), show_reference=True, max_new_tokens=1)
+    cfg.model = str(scripted_judge(tmp_path / "judge"))
+    prompts = [{"prompt": "¿Puedo devolver un pedido?", "reference": "Sí."}, {"prompt": "Hola, soy Zoe", "reference": None}]
     scores, raw = judge.score(cfg, prompts, ["Sí, claro.", "¡Hola!"])
-    assert len(scores) == len(raw) == 2
-    # a random 2-layer model answers noise: every reply is either a score in range or counted as unparsed
-    assert all(s is None or 1 <= s <= 10 for s in scores)
-    assert [judge.parse_score(r, 1, 10) for r in raw] == scores
+    assert raw == ["7", "x"] and scores == [7.0, None]  # a score, and a reply without one (counted, not crashed on)
+    cfg.max_new_tokens = 2
+    scores, raw = judge.score(cfg, prompts, ["Sí, claro.", "¡Hola!"])
+    assert raw == ["77", "xx"] and scores == [None, None]  # 77 lies outside the 1-10 scale
 
 
 def test_local_model_judge_in_a_sweep(project, cli):
     spec = tiny_spec(
         train=FAST,
-        evaluate={"metrics": ["rougeL"], "judge": {"model": "tiny-random", "max_new_tokens": 4}},
+        evaluate={"metrics": ["rougeL"], "judge": {"model": str(scripted_judge(project / "judge")), "max_new_tokens": 1}},
         search={**tiny_spec()["search"], "n_trials": 1, "objective": "rougeL"},
     )
+    spec["samples"]["prompts"].append("¿Tenéis zapatillas de la talla 42? Zona norte")  # the judge answers "x": unparsed
     code, out, err = cli("sweep", write_spec(project, spec), "--no-progress")
     assert code == 0, err
     study = optuna.load_study(study_name="tiny", storage="sqlite:///mlruns/optuna.db")
     t = study.trials[0]
     assert t.state.name == "COMPLETE", t.user_attrs
     r = t.user_attrs["results"]
-    assert r["judge_unparsed"] + (1 if "judge" in r else 0) >= 1 and 0 <= r["judge_unparsed"] <= 2
+    assert r["judge_unparsed"] == 1 and r["judge"] == 7.0, r  # 3 prompts: "7", "7" and one reply without a score
+    c = MlflowClient("sqlite:///mlruns/mlflow.db")
+    table = json.loads(Path(c.download_artifacts(t.user_attrs["mlflow_run_id"], "samples.json", str(project))).read_text())
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert [(row["judge_reply"], row["judge"]) for row in rows] == [("7", 7.0), ("7", 7.0), ("x", None)]
 
 
 class Busy(BaseHTTPRequestHandler):

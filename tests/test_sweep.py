@@ -80,6 +80,11 @@ def swept(tmp_path_factory, afina_cache):
             mp.delenv(key, raising=False)
         # sampled, not greedy: the untrained tiny model's greedy answer is only newlines (stripped to "")
         path = write_spec(folder, tiny_spec(samples={"temperature": 1.0}))
+        # both slice choices, whatever the sampler draws: the first two trials are pinned, the third is sampled
+        (folder / "mlruns").mkdir()
+        pinned = optuna.create_study(study_name="tiny", storage=f"sqlite:///{folder / 'mlruns' / 'optuna.db'}")
+        for include in (True, False):
+            pinned.enqueue_trial({"train.learning_rate": 1e-3, "slices.poesia.include": include})
         mp.setattr(sys, "argv", ["afina", "sweep", str(path)])  # progress display on, not a tty
         out = io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
@@ -190,10 +195,10 @@ def test_sweep_params_follow_slice_choices(swept):
         assert (rows["poesia"] > 0) == included
         assert run.data.tags["afina.data_fingerprint"] == p["data.fingerprint"]
         prints.setdefault(included, set()).add(p["data.fingerprint"])
-    # the fingerprint is a function of the rows: same slice choice, same print
-    assert all(len(v) == 1 for v in prints.values())
-    if len(prints) == 2:
-        assert prints[True] != prints[False]
+    # the fingerprint is a function of the rows: same slice choice, same print; the other choice, another print
+    assert set(prints) == {True, False}, prints  # the fixture pins one trial of each
+    assert all(len(v) == 1 for v in prints.values()), prints
+    assert prints[True] != prints[False]
 
 
 def test_sweep_curves(swept):

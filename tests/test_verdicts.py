@@ -150,11 +150,51 @@ def test_status_report_and_rerun(ablated, cli, monkeypatch):
 
 
 def test_compare_slices_shows_the_toggled_models(ablated, cli, monkeypatch):
+    """`compare --slices` shows the base, the best configuration and each slice toggled (the ablation's first
+    seed): each column holds that run's own answer and the scores that run logged."""
+    import html
+    import re
+
     folder, path = ablated
     monkeypatch.chdir(folder)
     code, out, err = cli("compare", path, "--slices")
     assert code == 0, err
-    assert "with harmful" in out and "harmless" in out and "best config" in out and "base" in out
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'mlruns' / 'optuna.db'}")
+    abl = study.user_attrs["verdicts"]["ablation"]
+    first = abl["seeds"][0]
+    toggled = {
+        "harmful.include=true": "with harmful",
+        "harmless.include=true": "with harmless",
+        "harmless.include=false": "without harmless",
+    }
+    arms = sorted(k.split("|")[0] for k in abl["runs"] if k.endswith(f"|{first}") and not k.startswith("reference|"))
+    assert "harmful.include=true" in arms and len(arms) == 2, arms  # the best trial leaves the harmful slice out
+    expected = {
+        "base": study.user_attrs["baseline_run_id"],
+        f"best config (trial {abl['best_trial']})": abl["runs"][f"reference|{first}"],
+        **{toggled[arm]: abl["runs"][f"{arm}|{first}"] for arm in arms},
+    }
+    c = _client(folder)
+    logged = {label: c.get_run(rid).data.metrics for label, rid in expected.items()}
+    answers = {}
+    for label, rid in expected.items():
+        table = json.loads(Path(c.download_artifacts(rid, "samples.json", str(folder / "dl" / rid))).read_text())
+        (answers[label],) = [row[table["columns"].index("output")] for row in table["data"]]  # the spec's one prompt
+
+    # the page: one column per run, in this order, with that run's answer and the scores it logged
+    page = (folder / "mlruns" / "reports" / "tiny-compare.html").read_text(encoding="utf-8")
+    cells = lambda row: [html.unescape(x) for x in re.findall(r"<t[hd]>(.*?)</t[hd]>", row, re.S)]  # noqa: E731
+    header, *rows = [cells(r) for r in re.findall(r"<tr>(.*?)</tr>", page, re.S)]
+    assert header == ["prompt", "reference", *expected], header
+    assert rows[0] == ["camiseta azul 99?", ANSWER, *answers.values()], rows[0]
+    assert [r[0] for r in rows[1:]] == ["rougeL", "chrf", "length"]
+    for metric, _, *shown in rows[1:]:
+        assert [float(v) for v in shown] == pytest.approx([logged[label][metric] for label in expected], rel=1e-3, abs=1e-9), metric
+    # the terminal table: the same scores, to 3 significant digits
+    for metric in ("rougeL", "chrf", "length"):
+        (line,) = [x for x in out.splitlines() if x.startswith(f"│ {metric} ")]
+        assert [v.strip() for v in line.split("│")[2:-1]] == [f"{logged[label][metric]:.3g}" for label in expected], line
+    assert "with harmful" in out and "best config" in out
 
 
 def test_ablate_without_a_study_is_one_line(project, cli):
