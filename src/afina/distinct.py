@@ -48,6 +48,8 @@ def check(study, trial, params: dict[str, Any]) -> None:
     me = next(t for t in trials if t.number == trial.number)
     if "fixed_params" in me.system_attrs or "failed_trial" in me.system_attrs:
         return  # enqueued, requeued or retried on purpose
+    if not params:
+        return  # `space: {}` trains the fixed settings n_trials times: every trial repeats on purpose
     for t in trials:
         # earlier trials only: of two equal draws at one moment, the lower number trains
         if t.number < trial.number and t.params == params and not skipped(t):

@@ -64,6 +64,11 @@ def run(backend: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000,
         raise UserError(f"--workers {workers}: at least 1")
     if auth and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD") and not os.environ.get("MLFLOW_AUTH_CONFIG_PATH"):
         raise UserError("--auth: set MLFLOW_AUTH_ADMIN_PASSWORD (the first admin password) or MLFLOW_AUTH_CONFIG_PATH")
+    if auth:
+        import importlib.util
+
+        if importlib.util.find_spec("flask_wtf") is None:  # MLflow's basic-auth app imports it (CSRF)
+            raise UserError("--auth needs MLflow's auth extra (Flask-WTF): pip install 'mlflow[auth]'")
     tracking.check_url(backend, "mlflow_uri", "--backend-store-uri")
     stores.probe_sql(backend, "--backend-store-uri")
     folder = None if urlsplit(artifacts).scheme in REMOTE_ARTIFACTS else Path(artifacts.removeprefix("file://")).expanduser().resolve()
@@ -83,8 +88,15 @@ def run(backend: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000,
         )
     print(f"MLflow server on http://{host}:{port} · runs in {tracking.redact(backend)} · artifacts in {dest}", flush=True)
     cmd = command(dest, host, port, workers, auth)
+    # No job runner unless the user asks for one (afina submits no server jobs): MLflow's CLI passes SIGTERM and
+    # Ctrl-C on to uvicorn alone, so the runner's consumers outlived the server and its stop took half a minute.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **environment(backend)}
+    if auth and not env.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):  # basic-auth's CSRF key, shared by the server's workers
+        import secrets
+
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secrets.token_hex(32)
     # become the server: signals reach it directly, nothing is left behind; the URI travels in the environment
-    os.execve(cmd[0], cmd, environment(backend))
+    os.execve(cmd[0], cmd, env)
 
 
 def ui(uri: str, host: str, port: int, artifact_root: str | None = None, workers: int = 1) -> int:
