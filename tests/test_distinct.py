@@ -10,6 +10,7 @@ import os
 import signal
 
 import optuna
+import pytest
 
 from afina import distinct
 from afina.sweep import finished
@@ -71,6 +72,7 @@ def test_a_small_space_skips_repeated_draws_then_stops_when_every_set_was_tried(
     assert code == 0 and "4 trials" in out
 
 
+@pytest.mark.drill
 def test_kill_9_during_trial_0_then_resume_repeats_only_the_retry(project, cli):
     """The held-out run's failure: killed during trial 0 and resumed with --n-trials 3, the new process
     drew trial 0's params again and the heartbeat retried trial 0: three trials, one configuration."""

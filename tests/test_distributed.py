@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import optuna
+import pytest
 import torch.multiprocessing as mp
 
 from afina import distributed
@@ -68,6 +69,7 @@ def test_single_process_is_a_no_op():
     assert distributed.should_prune(trial, 1.0, 1) is False
 
 
+@pytest.mark.torchrun
 def test_sweep_under_torchrun_trains_every_trial_on_both_ranks(project):
     """`torchrun --nproc-per-node 2 -m afina sweep`: one study, one MLflow run per trial, trained by both ranks."""
     import subprocess

@@ -22,7 +22,7 @@ import pytest
 from afina import models
 from afina.sweep import finished
 from conftest import TIENDA, tiny_spec, write_spec
-from stores import PG, PG_FIX, free_port, missing, pg_ok, sweep, trial_running, wait_for
+from stores import PG, free_port, missing, sweep, trial_running, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -177,10 +177,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("fault", "make", "match", "pg"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_writes_nothing(fault, make, match, pg, project, cli, not_mlflow):
-    if pg and not pg_ok():
-        missing("PostgreSQL at 127.0.0.1:5432 does not answer", PG_FIX)
+@pytest.mark.parametrize(("fault", "make", "match"), [pytest.param(*c[:3], id=c[0], marks=[pytest.mark.pg] if c[3] else []) for c in CASES])
+def test_bad_input_is_one_line_and_writes_nothing(fault, make, match, project, cli, not_mlflow):
     path = write_spec(project, tiny_spec(**make(project, not_mlflow)))
     code, out, err = cli("sweep", path, "--no-progress")
     assert code == 2, (out, err)
@@ -205,6 +203,7 @@ def tmpfs(project):
         umount(folder)
 
 
+@pytest.mark.drill
 @pytest.mark.parametrize("where", ["optuna", "mlflow", "artifacts", "checkpoints"])
 def test_read_only_folder(where, project, cli, tmpfs):
     ro = tmpfs("ro", "ro,size=1m")
@@ -220,6 +219,7 @@ def test_read_only_folder(where, project, cli, tmpfs):
     assert not (project / "mlruns").exists()
 
 
+@pytest.mark.drill
 def test_disk_full(project, cli, tmpfs):
     full = tmpfs("full", "size=256k")
     (full / "ballast").write_bytes(b"\0" * (200 << 10))
@@ -273,6 +273,7 @@ def test_remote_code_never_runs_unless_the_spec_says(project, cli):
     assert [t.state.name for t in trials] == ["COMPLETE"]
 
 
+@pytest.mark.drill
 def test_graceful_stop_resumes_and_second_ctrl_c_stops_at_once(project, cli):
     """SIGTERM checkpoints and stops; the next sweep resumes that trial from the checkpoint; two Ctrl-C stop at once."""
     path = write_spec(
@@ -347,6 +348,7 @@ def test_server_bad_input(args, match, project, cli, monkeypatch):
     assert "hunter2-pw" not in out + err and not (project / "arts").exists()
 
 
+@pytest.mark.drill
 def test_disk_full_mid_trial_fails_that_trial_only(project, cli, tmpfs):
     """Room to start (over 1 MiB) but not for the first checkpoint: the trial fails with ENOSPC, the sweep goes on."""
     import torch
@@ -436,6 +438,7 @@ def password_pg():
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.pg
 @pytest.mark.parametrize("where", ["optuna_storage", "mlflow_uri"])
 def test_wrong_password_is_one_line_and_writes_nothing(where, password_pg, project, cli):
     from afina import stores

@@ -14,11 +14,14 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 
 from afina.study import skipped
 from conftest import nothing_written, tiny_spec, write_spec
 from stores import trial_running, wait_for
+
+pytestmark = pytest.mark.fleet  # Ray drivers in their own processes: `make test-all`
 
 # The driver runs in its own process, as a user runs it, on a new local Ray cluster that declares 4 GPUs (Ray hands
 # each worker one, as it would real ones; trials train on the CPU). A Ray driver inside the pytest process left

@@ -159,6 +159,7 @@ def _refit_checkpoint(project):
     return [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
 
 
+@pytest.mark.drill
 def test_killed_refit_resumes_from_its_checkpoint(project, cli):
     """kill -9 during the refit, once it has a checkpoint; the next sweep resumes it and trains only the rest."""
     spec = tiny_spec(

@@ -4,8 +4,12 @@ runs in its own process, as a user starts it."""
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import nothing_written, write_spec
 from test_fleet import _afina, fleet_spec, runs, trained
+
+pytestmark = pytest.mark.fleet  # submitit's array as local processes: `make test-all`
 
 
 def test_workers_as_a_slurm_array_through_submitit(project):
