@@ -20,11 +20,11 @@ MODES = {"answer_only": None, "all_tokens": False}  # train.completion_only_loss
 
 def held_out(prepared) -> list[dict]:
     """The eval rows as {prompt, reference}: the last user turn and its answer."""
-    from afina import data_tokens
+    from afina.data import token_cache
 
     out = []
     for r in prepared.eval:
-        split = data_tokens.answer(r.messages)
+        split = token_cache.answer(r.messages)
         users = [m["content"] for m in r.messages if m["role"] == "user"]
         if split and users:
             out.append({"prompt": users[-1], "reference": split[1][0]["content"]})
@@ -34,11 +34,15 @@ def held_out(prepared) -> list[dict]:
 def compare(spec_path: Path, model: str, steps: int, lr: float) -> dict:
     import optuna
 
-    from afina import compare as compare_mod
-    from afina import gate, logs, sweep, tracking, trial
-    from afina import spec as spec_mod
-    from afina import study as study_mod
-    from afina.context import TrialContext
+    from afina import tracking
+    from afina.commands import compare as compare_mod
+    from afina.commands import sweep
+    from afina.evaluation import answer_loss
+    from afina.search import study as study_mod
+    from afina.spec import schema as spec_mod
+    from afina.tracking import logs
+    from afina.training import trial
+    from afina.training.context import TrialContext
 
     folder = Path(tempfile.mkdtemp(prefix="afina-answers-"))
     out: dict = {"spec": spec_path.name, "model": model, "steps": steps, "learning_rate": lr}
@@ -76,7 +80,7 @@ def compare(spec_path: Path, model: str, steps: int, lr: float) -> dict:
         results = study.trials[t.number].user_attrs["results"]
         m, tok = compare_mod._load(spec, c, "trial", t.user_attrs["mlflow_run_id"])
         out[mode] = {
-            "answer_nll": gate.answer_nll(m, tok, prepared.eval),
+            "answer_nll": answer_loss.answer_nll(m, tok, prepared.eval),
             "rougeL": results["rougeL"],
             "chrf": results["chrf"],
             "length": results["length"],
@@ -93,9 +97,10 @@ def from_sweeps(spec_path: Path, folders: list[Path]) -> dict:
     and the answer NLL of its kept checkpoint on the eval set."""
     import optuna
 
-    from afina import compare as compare_mod
-    from afina import data, gate, tracking
-    from afina import spec as spec_mod
+    from afina import data, tracking
+    from afina.commands import compare as compare_mod
+    from afina.evaluation import answer_loss
+    from afina.spec import schema as spec_mod
 
     spec = spec_mod.load(spec_path)
     rows = data.prepare(spec).eval
@@ -113,7 +118,7 @@ def from_sweeps(spec_path: Path, folders: list[Path]) -> dict:
             trials[t.number] = {
                 "params": t.params,
                 "objective_eval_loss": t.value,
-                "answer_nll": gate.answer_nll(model, tok, rows),
+                "answer_nll": answer_loss.answer_nll(model, tok, rows),
                 **{k: res.get(k) for k in ("rougeL", "chrf", "length")},
             }
         out[str(folder)] = {"baseline": study.user_attrs.get("baseline"), "trials": trials}

@@ -133,10 +133,12 @@ class Bench:
         import optuna
         import yaml
 
-        from afina import logs, sweep, tracking
-        from afina import spec as spec_mod
-        from afina import study as study_mod
-        from afina.context import TrialContext
+        from afina import tracking
+        from afina.commands import sweep
+        from afina.search import study as study_mod
+        from afina.spec import schema as spec_mod
+        from afina.tracking import logs
+        from afina.training.context import TrialContext
 
         self.folder = Path(folder or tempfile.mkdtemp(prefix="afina-bench-"))
         path = self.folder / "spec.yaml"
@@ -159,7 +161,7 @@ class Bench:
         """One afina trial with fixed params; returns wall time and what the trial logged."""
         import dataclasses
 
-        from afina import trial
+        from afina.training import trial
 
         self.study.enqueue_trial({"train.learning_rate": lr})
         t = self.study.ask()
@@ -190,7 +192,10 @@ class Bench:
         from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
         from trl import SFTConfig, SFTTrainer
 
-        from afina import data, data_tokens, device, space
+        from afina import data
+        from afina.data import token_cache
+        from afina.spec import space
+        from afina.training import device
 
         _reset_gpu_peak()
         t0 = time.perf_counter()
@@ -218,13 +223,13 @@ class Bench:
             **(device.device_defaults() if same_defaults else {} if torch.cuda.is_available() else {"use_cpu": True, "bf16": False}),
             **train_kw,
         )
-        # The rows as TRL prepares them (answers as conversational prompt/completion, data_tokens.py), from scratch.
-        table = data_tokens.tokenized(self.prepared, tok, "", args, Path(out_dir), reuse=False)
+        # The rows as TRL prepares them (answers as conversational prompt/completion, data/token_cache.py), from scratch.
+        table = token_cache.tokenized(self.prepared, tok, "", args, Path(out_dir), reuse=False)
         trainer = SFTTrainer(
             model=model,
             args=args,
-            train_dataset=data_tokens.to_tokenized_dataset(rows, table),
-            eval_dataset=data_tokens.to_tokenized_dataset(self.prepared.eval, table),
+            train_dataset=token_cache.to_tokenized_dataset(rows, table),
+            eval_dataset=token_cache.to_tokenized_dataset(self.prepared.eval, table),
             processing_class=tok,
             peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **lora_kw)
             if self.spec.model.method == "lora"

@@ -6,7 +6,7 @@ SFTConfig defaults (learning rate 2e-5, linear decay, batch 8) and PEFT's LoraCo
 all linear layers, with the spec's max_length, eval cadence and the same data (every slice at its
 spec setting). Both are evaluated the same way: eval loss on the spec's eval set, and ROUGE-L /
 chrF of greedy answers to held-out prompts (the spec's samples plus up to `prompts` rows of its
-eval set, answer = reference). paid.record compares them, as `afina status` does.
+eval set, answer = reference). payoff.record compares them, as `afina status` does.
 """
 
 from __future__ import annotations
@@ -44,10 +44,13 @@ def _one(spec_path: Path, model: str, budget: int, share: float, seed: int, tria
     import yaml
     from rich.console import Console
 
-    from afina import budget as budget_mod
-    from afina import data, paid, sweep, winner
-    from afina import spec as spec_mod
-    from afina import study as study_mod
+    from afina import data
+    from afina.baselines import payoff
+    from afina.commands import sweep
+    from afina.search import budget as budget_mod
+    from afina.search import study as study_mod
+    from afina.search import winner_refit
+    from afina.spec import schema as spec_mod
 
     folder = Path(tempfile.mkdtemp(prefix="afina-bench-refit-"))
     raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
@@ -82,10 +85,10 @@ def _one(spec_path: Path, model: str, budget: int, share: float, seed: int, tria
     ref_id = _default_run(spec, study, steps, seed)
     default_s = time.perf_counter() - t0
     c = study_mod.client(spec)
-    verdict = paid.record(spec, study, c, study.user_attrs["mlflow_parent_run_id"])
+    verdict = payoff.record(spec, study, c, study.user_attrs["mlflow_parent_run_id"])
     c.settle()
     rows = {r["metric"]: r for r in verdict["rows"]}
-    refit = winner.state(study)
+    refit = winner_refit.state(study)
     return {
         "seed": seed,
         "trials": len(study.trials),
@@ -109,9 +112,11 @@ def _default_run(spec, study, steps: int, seed: int) -> str:
     """One run with the documented defaults for `steps` steps, evaluated like a trial (trial.run, role reference)."""
     import optuna
 
-    from afina import data, metrics, models, trial
-    from afina import study as study_mod
-    from afina.context import TrialContext
+    from afina import data, models
+    from afina.evaluation import metrics
+    from afina.search import study as study_mod
+    from afina.training import trial
+    from afina.training.context import TrialContext
 
     ref = spec.model_copy(deep=True)
     ref.search.space = {}  # no picks: every slice at its spec setting, every field at its default

@@ -44,7 +44,9 @@ def overhead(a) -> dict:
 
 def fixed(a) -> dict:
     """Per-trial cost outside training: wall - train() - sample generation; with reuse vs a fresh load."""
-    from afina import data_tokens, models, train
+    from afina import models
+    from afina.data import token_cache
+    from afina.training import train
 
     b = common.Bench(a.model, a.steps, **a.shape)
     prompts = [{"prompt": "¿Cuánto tarda el envío?", "reference": None}]
@@ -62,7 +64,7 @@ def fixed(a) -> dict:
     def one(reuse: bool):
         if not reuse:  # a cold worker: nothing cached in memory or on disk
             models._PRISTINE.clear()
-            data_tokens._TOKENS.clear()
+            token_cache._TOKENS.clear()
         r = b.afina(reuse=reuse, prompts=prompts)
         r["gen_s"] = gen[-1]
         r["fixed_s"] = r["wall_s"] - r["train_s"] - r["gen_s"]
@@ -89,7 +91,7 @@ def fixed(a) -> dict:
 
 def logging_cost(a) -> dict:
     """Per-step curves to MLflow (batched, asynchronous) vs none; final results are logged by both."""
-    from afina.watch import Watch
+    from afina.training.callback import Watch
 
     b = common.Bench(a.model, a.steps, **a.shape)
     real = Watch.flush
@@ -228,7 +230,7 @@ def defaults(a) -> dict:
     b = common.Bench(a.model, a.steps, **{"eval_steps": a.steps, **a.shape})
     ra, rb = common.interleave(a.repeats, lambda: b.afina(a.lr), lambda: b.bare(a.lr, same_defaults=False), warmup=not a.quick)
     rel = abs(ra[-1]["eval_loss"] - rb[-1]["eval_loss"]) / rb[-1]["eval_loss"]
-    from afina import device
+    from afina.training import device
 
     out = {
         "device_defaults": device.device_defaults(),
@@ -261,8 +263,8 @@ def slices(a) -> dict:
     import optuna
     from rich.console import Console
 
-    from afina import ablate, sweep
-    from afina import spec as spec_mod
+    from afina.commands import ablate, sweep
+    from afina.spec import schema as spec_mod
 
     folder = Path(tempfile.mkdtemp(prefix="afina-bench-slices-"))
     s = spec_mod.load(common.ROOT / "experiments" / "quickstart.yaml")

@@ -52,9 +52,9 @@ def run_study(
     outside afina's choices, in place of `pruner`."""
     import optuna
 
-    from afina import space
-    from afina import study as study_mod
-    from afina.spec import Search
+    from afina.search import study as study_mod
+    from afina.spec import space
+    from afina.spec.schema import Search
 
     search = Search(space=SPACE, sampler=sampler, pruner=pruner, seed=seed, pruner_args=pruner_args or {})
     study = optuna.create_study(
@@ -125,8 +125,8 @@ def bounds(seeds: int = 20, n_trials: int = 30, steps: int = 12, every: int = 1)
     """
     import optuna
 
-    from afina import space
-    from afina.spec import Search
+    from afina.spec import space
+    from afina.spec.schema import Search
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     dims = Search(space=SPACE).space
@@ -180,9 +180,10 @@ def duplicates(seeds: int = 20, n_trials: int = 12, workers: int = 4, steps: int
     """
     import optuna
 
-    from afina import distinct, space
-    from afina import study as study_mod
-    from afina.spec import Search
+    from afina.search import distinct
+    from afina.search import study as study_mod
+    from afina.spec import space
+    from afina.spec.schema import Search
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out: dict[str, dict] = {}

@@ -13,8 +13,8 @@ import optuna
 import pytest
 
 from afina import data, models
-from afina import spec as spec_mod
-from conftest import jsonl, tiny_spec, write_spec
+from afina.spec import schema as spec_mod
+from helpers.specs import jsonl, tiny_spec, write_spec
 
 ANSWER = "vale, gracias"
 
@@ -93,10 +93,10 @@ def test_labels_mask_prompts_keep_text_rows_whole_and_the_cache_keys_on_the_sett
         assert answers[row.key][0] == ids
     assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 2  # one cache entry per setting
 
-    from afina import gate
+    from afina.evaluation import answer_loss
 
     assert data.answer(style.messages) is None and data.answer(chat.messages) == (multi[:-1], multi[-1:])
-    seq, start = gate._encode(tok, chat.messages)  # the gate scores the tokens the loss covers
+    seq, start = answer_loss._encode(tok, chat.messages)  # the gate scores the tokens the loss covers
     assert seq[start:] == [i for i, lab in zip(*answers[chat.key], strict=True) if lab != -100]
 
 
@@ -124,13 +124,15 @@ def test_a_fixed_answer_behind_random_prompts_is_learned_and_the_gate_agrees(pro
         assert trial.value > 2.0  # the random prompts dominate an all-token objective
 
     # the gate's score of the same checkpoint on the same rows agrees with the objective
-    from afina import compare, gate, tracking
+    from afina import tracking
+    from afina.commands import compare
+    from afina.evaluation import answer_loss
 
     loaded = spec_mod.load(path)
     c = tracking.client(loaded.tracking.mlflow_uri)
     model, tok = compare._load(loaded, c, "trial 0", trial.user_attrs["mlflow_run_id"])
-    score = gate.METRICS[gate.metric(loaded)][0](model, tok, data.prepare(loaded).eval)
-    assert gate.metric(loaded) == ("answer_nll" if low else "token_nll")
+    score = answer_loss.METRICS[answer_loss.metric(loaded)][0](model, tok, data.prepare(loaded).eval)
+    assert answer_loss.metric(loaded) == ("answer_nll" if low else "token_nll")
     assert score == pytest.approx(trial.value, rel=0.02)
 
 
@@ -152,12 +154,14 @@ def test_smollm2_objective_and_gate_measure_the_same_answers(project, cli, tmp_p
     [trial] = optuna.load_study(study_name="smol", storage="sqlite:///mlruns/optuna.db").get_trials()
     assert trial.state.name == "COMPLETE", trial.user_attrs.get("fail_reason")
 
-    from afina import compare, gate, tracking
+    from afina import tracking
+    from afina.commands import compare
+    from afina.evaluation import answer_loss
 
     loaded = spec_mod.load(path)
     model, tok = compare._load(loaded, tracking.client(loaded.tracking.mlflow_uri), "trial 0", trial.user_attrs["mlflow_run_id"])
     rows = data.prepare(loaded).eval
-    answers = gate.answer_nll(model, tok, rows, batch_size=4)
-    everything = gate.token_nll(model, tok, rows, batch_size=4)
+    answers = answer_loss.answer_nll(model, tok, rows, batch_size=4)
+    everything = answer_loss.token_nll(model, tok, rows, batch_size=4)
     assert answers == pytest.approx(trial.value, rel=0.03)
     assert abs(everything - trial.value) > 0.1  # what the objective used to be: a different number

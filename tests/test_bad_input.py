@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TIENDA, judge_then_down, nothing_written, tiny_spec, write_spec
-from stores import drop_database, env, free_port, needs_pg, new_database, stop, wait_for
+from helpers.files import nothing_written
+from helpers.judges import judge_then_down
+from helpers.services import drop_database, env, free_port, needs_pg, new_database, stop, wait_for
+from helpers.specs import TIENDA, tiny_spec, write_spec
 
 DEAD_PG = "postgresql://afina:pw-s3cr3t@127.0.0.1:1/nothing"
 DEAD_HTTP = "http://afina:pw-s3cr3t@127.0.0.1:1"
@@ -37,7 +39,7 @@ def commands() -> list[tuple[str, dict[str, tuple[type, bool]]]]:
     import inspect
     import typing
 
-    from afina.cli import app
+    from afina.cli.app import app
 
     out = []
     for info in app.registered_commands:
@@ -111,7 +113,7 @@ def test_the_installed_typer_usage_error_is_caught():
     """typer >= 0.2x bundles click: main() must know its classes, whatever click is installed beside it."""
     import typer
 
-    from afina.options import _cli_errors
+    from afina.cli.options import _cli_errors
 
     usage, exits, _ = _cli_errors()
     try:
@@ -258,8 +260,8 @@ def test_redact_keeps_harmless_text():
 
 
 def test_logged_spec_masks_every_secret():
-    from afina import spec as spec_mod
     from afina import tracking
+    from afina.spec import schema as spec_mod
 
     spec = spec_mod.Spec.model_validate(
         tiny_spec(
@@ -338,7 +340,7 @@ def test_init_when_experiments_is_a_file(project, cli):
 
 def test_interrupt_swallowed_by_a_finaliser_still_stops(monkeypatch):
     """Python drops a KeyboardInterrupt raised inside __del__ ("Exception ignored in ..."): the flag survives."""
-    from afina import stop
+    from afina.training import stop
 
     class Finaliser:
         def __del__(self):
@@ -359,7 +361,7 @@ def test_interrupt_swallowed_by_a_finaliser_still_stops(monkeypatch):
 def test_a_second_ctrl_c_waits_while_a_run_is_closed_and_a_third_does_not():
     """The graceful stop's own KeyboardInterrupt and the user's second Ctrl-C often land together:
     inside stop.shield() (closing the trial's MLflow run) that second one is held, a third is not."""
-    from afina import stop
+    from afina.training import stop
 
     restore = stop.install_stop()
     try:
@@ -384,9 +386,10 @@ def test_a_continued_trial_closes_the_run_its_interrupted_predecessor_left_runni
     import optuna
     from mlflow import MlflowClient
 
-    from afina import resume, spec
+    from afina.spec import schema
+    from afina.training import resume
 
-    s = spec.load(write_spec(project, tiny_spec()))
+    s = schema.load(write_spec(project, tiny_spec()))
     c = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")
     left = c.create_run(c.create_experiment("tiny")).info.run_id
     study = optuna.create_study(study_name="tiny", storage=f"sqlite:///{project}/mlruns/optuna.db")
@@ -448,8 +451,8 @@ def test_ctrl_c_during_setup_stops_the_sweep(project, tmp_path):
 
 def test_yaml_loader_refuses_bomb_quickly(tmp_path):
     """The memoised size check measures a billion-laughs document without expanding it."""
-    from afina import spec as spec_mod
-    from afina.errors import UserError
+    from afina import UserError
+    from afina.spec import schema as spec_mod
 
     levels = "".join(f"l{i + 1}: &l{i + 1} [{', '.join([f'*l{i}'] * 10)}]\n" for i in range(9))
     path = tmp_path / "bomb.yaml"

@@ -23,7 +23,8 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import TIENDA, snapshot, tiny_spec
+from helpers.files import snapshot
+from helpers.specs import TIENDA, tiny_spec
 
 NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SLICE_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -183,7 +184,7 @@ def mutation(draw) -> tuple[str, str | dict]:
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
-    from afina.cli import main
+    from afina.cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
     argv = sys.argv

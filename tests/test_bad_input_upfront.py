@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from conftest import TIENDA, jsonl, nothing_written, tiny_spec, write_spec
+from helpers.files import nothing_written
+from helpers.specs import TIENDA, jsonl, tiny_spec, write_spec
 
 
 def one_line(code: int, out: str, err: str) -> str:
@@ -50,7 +51,7 @@ def test_aliases_that_nest_deeper_than_the_text_are_one_line(project, cli):
 
 
 def test_a_spec_nested_below_the_limit_still_loads(tmp_path):
-    from afina import spec as spec_mod
+    from afina.spec import schema as spec_mod
 
     spec = tiny_spec()
     spec["train"]["max_steps"] = 4
@@ -93,7 +94,7 @@ def test_promote_objective_must_name_an_objective(project, cli, objective, words
         err = one_line(*cli("sweep", "spec.yaml", "--no-progress"))
     assert words in err, err
     spec["promote"]["objective"] = "chrf"  # the same spec with the right name passes validation
-    from afina import spec as spec_mod
+    from afina.spec import schema as spec_mod
 
     assert spec_mod.load(write_spec(project, spec, "ok.yaml")).promote.objective == "chrf"
 
@@ -117,13 +118,14 @@ def test_max_length_that_cuts_every_eval_answer_is_refused_before_any_store(proj
 
 
 def test_max_length_that_cuts_some_answers_warns_and_counts_them(tmp_path):
-    from afina import audit, data, models
-    from afina import spec as spec_mod
+    from afina import data, models
+    from afina.data import health
+    from afina.spec import schema as spec_mod
 
     spec = tiny_spec()  # max_length 64: a few long product prompts lose their whole answer, most keep it
     spec = spec_mod.load(write_spec(tmp_path, spec))
     prepared = data.prepare(spec, collect=True)
-    report = audit.run(spec, prepared, models.load_tokenizer(models.resolve("tiny-random")))
+    report = health.run(spec, prepared, models.load_tokenizer(models.resolve("tiny-random")))
     cut = [i for i in report.issues if i.kind == "answer-cut"]
     assert not report.errors
     assert 0 < len(cut) < len(prepared.slices["productos"])
@@ -131,7 +133,7 @@ def test_max_length_that_cuts_some_answers_warns_and_counts_them(tmp_path):
     # keep_end truncation keeps the answer, and an all-token objective masks nothing: no cut answers
     for train in ({"truncation_mode": "keep_end"}, {"completion_only_loss": False}):
         other = spec.model_copy(update={"train": {**spec.train, **train}})
-        report = audit.run(other, prepared, models.load_tokenizer(models.resolve("tiny-random")))
+        report = health.run(other, prepared, models.load_tokenizer(models.resolve("tiny-random")))
         assert not [i for i in report.issues if i.kind == "answer-cut"], train
 
 
@@ -190,15 +192,16 @@ def test_local_judge_with_broken_weights_is_refused_before_any_store(project, cl
 def _tokens(spec_dict: dict, tmp_path, cache):
     from trl import SFTConfig
 
-    from afina import data, data_tokens, models
-    from afina import spec as spec_mod
+    from afina import data, models
+    from afina.data import token_cache
+    from afina.spec import schema as spec_mod
 
     spec = spec_mod.load(write_spec(tmp_path, spec_dict))
     prepared = data.prepare(spec)
     tok = models.load_tokenizer(models.resolve("tiny-random"))
     args = SFTConfig(output_dir=str(tmp_path / "out"), max_length=spec.train["max_length"], report_to="none", bf16=False)
-    data_tokens._TOKENS.clear()  # this worker's memory copy: every call here goes to the disk cache
-    return data_tokens.tokenized(prepared, tok, "tiny", args, cache)
+    token_cache._TOKENS.clear()  # this worker's memory copy: every call here goes to the disk cache
+    return token_cache.tokenized(prepared, tok, "tiny", args, cache)
 
 
 def test_an_empty_token_set_is_never_cached(tmp_path):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_spec, write_spec
+from helpers.specs import tiny_spec, write_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.browser  # conftest: skipped without Chromium, a stopped run when CI is set
@@ -98,7 +98,7 @@ def client(project: Path):
     entry point once afina is installed; registered here too, for an editable checkout not reinstalled."""
     from mlflow import MlflowClient
 
-    from afina import artifacts
+    from afina.tracking import artifacts
 
     artifacts.register()
     return MlflowClient(tracking_uri=f"sqlite:///{project}/mlruns/mlflow.db")

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from afina import audit, data
-from afina import spec as spec_mod
-from conftest import TIENDA, jsonl, spec_file, tiny_spec, write_spec
+from afina import data
+from afina.data import health
+from afina.spec import schema as spec_mod
+from helpers.specs import TIENDA, jsonl, spec_file, tiny_spec, write_spec
 
 LONG = "palabra " * 200
 
@@ -112,14 +113,14 @@ def test_language_balance_and_all_excluded(project):
             {"path": "eval.jsonl"},
         )
     )
-    report = audit.run(spec, data.prepare(spec, collect=True))
+    report = health.run(spec, data.prepare(spec, collect=True))
     kinds = {(i.kind, i.where) for i in report.issues}
     assert ("language", "slice en") in kinds and ("language", "slice es") not in kinds
     assert ("balance", "slice es") in kinds  # 1 row against 30 cut from the same column
     assert ("near-duplicate", "d.jsonl:2") not in kinds  # different order numbers are different rows
     assert report.slices["en"]["language"] == "es 0%" and report.slices["es"]["language"] == "es 100%"
     spec.data.slices["en"].include = False
-    assert [i.message for i in audit.run(spec, data.prepare(spec)).errors] == [
+    assert [i.message for i in health.run(spec, data.prepare(spec)).errors] == [
         "every slice is excluded or has weight 0 and none is searched; nothing would train"
     ]
 

@@ -6,13 +6,13 @@ import dataclasses
 
 import pytest
 
-from conftest import tiny_spec, write_spec
+from helpers.specs import tiny_spec, write_spec
 
 
 @pytest.fixture(scope="module")
 def worker(afina_cache, tmp_path_factory):
     from afina import data, models
-    from afina import spec as spec_mod
+    from afina.spec import schema as spec_mod
 
     spec = spec_mod.load(write_spec(tmp_path_factory.mktemp("contract"), tiny_spec()))
     prepared = data.prepare(spec)
@@ -26,7 +26,7 @@ def _trl_rows(worker, tmp_path, completion_only: bool, **train) -> list[tuple[li
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    from afina.device import device_defaults
+    from afina.training.device import device_defaults
 
     prepared, model, tok = worker
     chats = list({r.key: r.messages for rows in [*prepared.slices.values(), prepared.eval] for r in rows}.values())
@@ -48,12 +48,12 @@ def _trl_rows(worker, tmp_path, completion_only: bool, **train) -> list[tuple[li
     [(False, {"max_length": 40}), (False, {"max_length": 40, "truncation_mode": "keep_end"}), (True, {"max_length": 40})],
 )
 def test_afina_tokenizes_rows_as_sft_trainer_does(worker, tmp_path, completion_only, train):
-    """data_tokens._tokenize (public chat-template API, cached per worker) must give the tokens and labels TRL's own preparation gives."""
+    """token_cache._tokenize (public chat-template API, cached per worker) must give the tokens and labels TRL's own preparation gives."""
     import trl
     from trl import SFTConfig
 
-    from afina import data_tokens
-    from afina.device import device_defaults
+    from afina.data import token_cache
+    from afina.training.device import device_defaults
 
     prepared, model, tok = worker
     if completion_only:  # rows with a prompt: TRL cannot template an empty one
@@ -61,14 +61,14 @@ def test_afina_tokenizes_rows_as_sft_trainer_does(worker, tmp_path, completion_o
         prepared = dataclasses.replace(prepared, slices=keep, eval=[r for r in prepared.eval if len(r.messages) > 1])
         worker = (prepared, model, tok)
     args = SFTConfig(tmp_path, report_to="none", **{**device_defaults(train), **train})
-    ours = data_tokens._tokenize(prepared, tok, args, args.max_length, completion_only=completion_only)
+    ours = token_cache._tokenize(prepared, tok, args, args.max_length, completion_only=completion_only)
     ours = list(zip(ours["input_ids"], ours["labels"], strict=True))
     theirs = _trl_rows(worker, tmp_path, completion_only, **train)
     first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
     assert len(ours) == len(theirs) and first is None, (
-        f"TRL {trl.__version__} prepares SFT rows differently from afina's data_tokens._tokenize "
+        f"TRL {trl.__version__} prepares SFT rows differently from afina's token_cache._tokenize "
         f"({len(theirs)} rows vs {len(ours)}; first difference at row {first}). "
-        "Update data_tokens._tokenize to match, or pin trl below this release in pyproject.toml."
+        "Update token_cache._tokenize to match, or pin trl below this release in pyproject.toml."
     )
     assert any(-100 in labels for _, labels in ours) == completion_only  # the case under test really masks (or not)
 
@@ -82,7 +82,7 @@ def test_mlflow_resolves_relocatable_artifacts_through_afinas_entry_point(tmp_pa
     import mlflow
     from mlflow.store.artifact import artifact_repository_registry as registry
 
-    from afina import artifacts
+    from afina.tracking import artifacts
 
     # a fresh interpreter: plain MLflow, afina never imported by hand
     code = (
@@ -90,7 +90,7 @@ def test_mlflow_resolves_relocatable_artifacts_through_afinas_entry_point(tmp_pa
         "f = g()['mlflow-artifacts']; print(f.__module__, f.__name__)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["afina.artifacts", "repository"], f"MLflow {mlflow.__version__} did not load afina's entry point: {out}"
+    assert out == ["afina.tracking.artifacts", "repository"], f"MLflow {mlflow.__version__} did not load afina's entry point: {out}"
     assert hasattr(registry, "_artifact_repository_registry"), f"MLflow {mlflow.__version__} renamed its artifact registry"
     artifacts.register()
     store = tmp_path / "mlruns" / "mlflow.db"

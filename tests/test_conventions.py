@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 from mlflow import MlflowClient
 
-from conftest import tiny_spec, write_spec
+from helpers.specs import tiny_spec, write_spec
 
 FAST = {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 48, "eval_steps": 1, "seed": 0}
 LIBRARIES = re.compile(r"[/\\](trl|transformers|peft|mlflow|afina)[/\\]")
@@ -165,7 +165,7 @@ def test_help_loads_no_heavy_library():
     code = (
         "import sys\n"
         "sys.argv = ['afina', 'sweep', '--help']\n"
-        "from afina.cli import main\n"
+        "from afina.cli.app import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "heavy = {'torch', 'transformers', 'mlflow', 'optuna', 'rich', 'trl', 'peft', 'datasets', 'ray'}\n"
         "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
@@ -179,7 +179,10 @@ def test_a_one_process_sweep_never_imports_ray():
     """Ray places the workers of `--workers N` only: the modules a plain sweep runs do not load it."""
     import subprocess
 
-    code = "import sys\nimport afina.cli, afina.sweep, afina.trial, afina.sweep_work\nprint('RAY', 'ray' in sys.modules)\n"
+    code = (
+        "import sys\nimport afina.cli.app, afina.commands.sweep, afina.training.trial, afina.search.worker_loop\n"
+        "print('RAY', 'ray' in sys.modules)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert "RAY False" in out, out
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from afina import data, models
-from afina import spec as spec_mod
-from afina.errors import UserError
-from conftest import jsonl, spec_file, tiny_spec, write_spec
+from afina import UserError, data, models
+from afina.spec import schema as spec_mod
+from helpers.specs import jsonl, spec_file, tiny_spec, write_spec
 
 CHAT = [{"role": "user", "content": "hola"}, {"role": "assistant", "content": "¡Hola! ¿En qué te ayudo?"}]
 

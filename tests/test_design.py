@@ -1,4 +1,4 @@
-"""The start-up design (design.py): a searched slice is tried both ways, in a real TPE sweep and on in-memory studies."""
+"""The start-up design (search/design.py): a searched slice is tried both ways, in a real TPE sweep and on in-memory studies."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import json
 
 import optuna
 
-from afina import design, space
-from afina.spec_search import Search
-from conftest import tiny_spec, write_spec
+from afina.search import design
+from afina.spec import space
+from afina.spec.trained import Search
+from helpers.specs import tiny_spec, write_spec
 
 LR = {"float": [1e-4, 1e-2], "log": True}
 SEED = 17  # TPE's random start-up with this seed draws slices.poesia.include = true for trials 0, 1 and 2
@@ -20,7 +21,7 @@ def search(**kw) -> Search:
 
 def drawn(s: Search, n: int, with_design: bool) -> optuna.Study:
     """n trials of an in-memory study under the spec's sampler, the design queueing its picks first when asked."""
-    from afina import study as study_mod
+    from afina.search import study as study_mod
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=study_mod.sampler(s))

@@ -12,10 +12,10 @@ import signal
 import optuna
 import pytest
 
-from afina import distinct
-from afina.sweep import finished
-from conftest import tiny_spec, write_spec
-from stores import sweep, trial_running, wait_for
+from afina.commands.sweep import finished
+from afina.search import distinct
+from helpers.services import sweep, trial_running, wait_for
+from helpers.specs import tiny_spec, write_spec
 
 
 def trials(project, name: str = "tiny"):

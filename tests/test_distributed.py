@@ -8,7 +8,7 @@ import optuna
 import pytest
 import torch.multiprocessing as mp
 
-from afina import distributed
+from afina.training import distributed
 
 SPACE = {
     "train.learning_rate": {"float": [1e-5, 1e-2], "log": True},
@@ -20,7 +20,7 @@ SPACE = {
 def _rank(rank: int, port: int, queue) -> None:
     import torch.distributed as dist
 
-    from afina.spec import Dim
+    from afina.spec.schema import Dim
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -39,7 +39,7 @@ def _rank(rank: int, port: int, queue) -> None:
 
 
 def test_params_and_pruning_are_shared_from_rank_0():
-    from stores import free_port
+    from helpers.services import free_port
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -62,7 +62,7 @@ def test_params_and_pruning_are_shared_from_rank_0():
 
 def test_single_process_is_a_no_op():
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
-    from afina.spec import Dim
+    from afina.spec.schema import Dim
 
     params = distributed.suggest(trial, {"train.learning_rate": Dim(float=(1e-4, 1e-2))})
     assert params == trial.params and distributed.rank() == 0 and distributed.share("x") == "x"
@@ -77,8 +77,8 @@ def test_sweep_under_torchrun_trains_every_trial_on_both_ranks(project):
 
     from mlflow import MlflowClient
 
-    from conftest import tiny_spec, write_spec
-    from stores import free_port
+    from helpers.services import free_port
+    from helpers.specs import tiny_spec, write_spec
 
     spec = tiny_spec(
         search={"n_trials": 3, "pruner": "median", "pruner_args": {"n_startup_trials": 1, "n_warmup_steps": 0}},

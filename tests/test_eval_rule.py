@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from afina import audit, data, models
-from afina import spec as spec_mod
-from conftest import TIENDA, tiny_spec, write_spec
+from afina import data, models
+from afina.data import health
+from afina.spec import schema as spec_mod
+from helpers.specs import TIENDA, tiny_spec, write_spec
 
 SLICES = {n: {"path": str(TIENDA / f"{n}.jsonl")} for n in ("faq", "productos", "poesia")}
 POESIA = {"slices.poesia.include": {"categorical": [True, False]}}
@@ -22,7 +23,7 @@ def test_split_holds_out_only_unsearched_slices(project):
     origins = {r.origin.split(":")[0] for r in prepared.eval}
     assert origins == {"faq.jsonl", "productos.jsonl"}  # nothing from the searched slice
     assert len(prepared.slices["poesia"]) == 80 and len(prepared.slices["faq"]) == 108  # poesia whole, faq minus 10 %
-    report = audit.run(spec, prepared)
+    report = health.run(spec, prepared)
     assert not [i for i in report.issues if i.kind == "searched-eval"]
 
 
@@ -34,7 +35,7 @@ def test_every_slice_searched_needs_named_slices_or_a_file(project, cli):
     assert not (project / "mlruns").exists()
 
     named = spec_mod.load(_spec(project, {"split": 0.1, "slices": ["faq", "productos"]}, space, "named.yaml"))
-    report = audit.run(named, data.prepare(named), models.load_tokenizer(models.resolve("tiny-random")))
+    report = health.run(named, data.prepare(named), models.load_tokenizer(models.resolve("tiny-random")))
     [warn] = [i for i in report.issues if i.kind == "searched-eval"]
     assert warn.level == "warning" and "searched slices faq, productos" in warn.message and "promotion set" in warn.message
     code, _, err = cli("check", project / "named.yaml", "--json", project / "r.json")
@@ -42,4 +43,4 @@ def test_every_slice_searched_needs_named_slices_or_a_file(project, cli):
     assert "searched slices faq, productos" in (project / "r.json").read_text(encoding="utf-8")
 
     filed = spec_mod.load(_spec(project, {"path": str(TIENDA / "eval.jsonl")}, space, "filed.yaml"))
-    assert not [i for i in audit.run(filed, data.prepare(filed)).issues if i.kind == "searched-eval"]
+    assert not [i for i in health.run(filed, data.prepare(filed)).issues if i.kind == "searched-eval"]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from afina import data, models, spec
+from afina import data, models
+from afina.spec import schema
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SPECS = sorted(EXPERIMENTS.glob("*.yaml"))
@@ -28,7 +29,7 @@ def test_experiment_names_its_command(path):
 
 @pytest.mark.parametrize("path", SPECS, ids=[p.name for p in SPECS])
 def test_experiment_validates(path):
-    s = spec.load(path)
+    s = schema.load(path)
     assert s.search.space and s.search.n_trials >= 1
     assert s.model.ref in models.EMBEDDED or Path(s.model.ref).expanduser().is_dir(), s.model.ref
     # the defaults keep everything in the project's git-ignored mlruns/
@@ -37,7 +38,7 @@ def test_experiment_validates(path):
 
 @pytest.mark.parametrize("path", SPECS, ids=[p.name for p in SPECS])
 def test_experiment_data_loads(path):
-    s = spec.load(path)
+    s = schema.load(path)
     sources = [sl.path for sl in s.data.slices.values()] + [s.data.eval.path, s.samples.path]
     patterns = [p for src in sources if src for p in ([src] if isinstance(src, str) else src)]
     outside = [p for p in patterns if "shared" in Path(p).parts and not glob.glob(str(path.parent / p))]

@@ -20,9 +20,9 @@ import optuna
 import pytest
 
 from afina import models
-from afina.sweep import finished
-from conftest import TIENDA, tiny_spec, write_spec
-from stores import PG, free_port, missing, sweep, trial_running, wait_for
+from afina.commands.sweep import finished
+from helpers.services import PG, free_port, missing, sweep, trial_running, wait_for
+from helpers.specs import TIENDA, tiny_spec, write_spec
 
 
 @pytest.fixture(scope="module")
@@ -441,7 +441,7 @@ def password_pg():
 @pytest.mark.pg
 @pytest.mark.parametrize("where", ["optuna_storage", "mlflow_uri"])
 def test_wrong_password_is_one_line_and_writes_nothing(where, password_pg, project, cli):
-    from afina import stores
+    from afina.tracking import stores
 
     stores.probe_sql(password_pg.format("right-pw-4f2a"), where)  # the right password gets in
     path = write_spec(project, tiny_spec(tracking={where: password_pg.format("wrong-pw-77c1")}))

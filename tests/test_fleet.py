@@ -17,9 +17,10 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from afina.study import skipped
-from conftest import nothing_written, tiny_spec, write_spec
-from stores import trial_running, wait_for
+from afina.search.study import skipped
+from helpers.files import nothing_written
+from helpers.services import trial_running, wait_for
+from helpers.specs import tiny_spec, write_spec
 
 pytestmark = pytest.mark.fleet  # Ray drivers in their own processes: `make test-all`
 
@@ -31,7 +32,7 @@ import sys
 import ray
 ray.init(address="local", num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 sys.argv = ["afina", "sweep", "spec.yaml", *sys.argv[1:]]
-from afina.cli import main
+from afina.cli.app import main
 main()
 """
 

@@ -13,8 +13,8 @@ import yaml
 from mlflow import MlflowClient
 
 from afina import data
-from afina import spec as spec_mod
-from conftest import ROOT, SHARED_DATA, write_spec
+from afina.spec import schema as spec_mod
+from helpers.specs import ROOT, SHARED_DATA, write_spec
 
 BITEXT = SHARED_DATA / "bitext-customer-support" / "customer_support.csv"
 needs_bitext = pytest.mark.skipif(not BITEXT.is_file(), reason="../shared/data/bitext-customer-support is absent")

@@ -10,8 +10,9 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from afina import judge
-from conftest import chat_reply, judge_then_down, tiny_spec, write_spec
+from afina.evaluation import judge
+from helpers.judges import chat_reply, judge_then_down
+from helpers.specs import tiny_spec, write_spec
 
 FAST = {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 48, "eval_steps": 1, "seed": 0}
 PROMPTS = [

@@ -39,14 +39,15 @@ def test_rss_and_live_models_stay_flat_across_trials(afina_cache, tmp_path):
 def test_reuse_gives_identical_results(afina_cache, tmp_path):
     import common
 
-    from afina import data_tokens, models
+    from afina import models
+    from afina.data import token_cache
 
     bench = common.Bench("tiny-random", 3, tmp_path, batch=4, max_length=64, eval_steps=1)
     models._PRISTINE.clear()
-    data_tokens._TOKENS.clear()
+    token_cache._TOKENS.clear()
     fresh = bench.afina(lr=3e-3, reuse=False)
     cold = bench.afina(lr=3e-3, reuse=True)  # loads the base, tokenizes, writes the disk cache
-    data_tokens._TOKENS.clear()
+    token_cache._TOKENS.clear()
     disk = bench.afina(lr=3e-3, reuse=True)  # tokens read back from the disk cache, base from memory
     assert fresh["eval_loss"] == cold["eval_loss"] == disk["eval_loss"]
     assert fresh["tokens"] == cold["tokens"] == disk["tokens"]

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from afina import metrics
-from afina.errors import UserError
-from conftest import tiny_spec, write_spec
+from afina import UserError
+from afina.evaluation import metrics
+from helpers.specs import tiny_spec, write_spec
 
 FAST = {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 48, "eval_steps": 1, "per_device_eval_batch_size": 8, "seed": 0}
 

@@ -20,8 +20,8 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from conftest import tiny_spec, write_spec
-from stores import free_port, wait_for
+from helpers.services import free_port, wait_for
+from helpers.specs import tiny_spec, write_spec
 
 NO_PROMPTS = {"prompts": []}  # no generation: these tests are about what runs, not what it says
 
@@ -111,7 +111,7 @@ def test_search_timeout_stops_starting_trials(project, cli):
 
 def _afina(*args: str) -> tuple[int, str, str]:
     """`afina ARGS` in this process, outside any test (module fixtures): (exit code, stdout, stderr)."""
-    from afina.cli import main
+    from afina.cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -310,8 +310,8 @@ def _stops_cleanly(proc: subprocess.Popen, port: int, sig: int) -> None:
 
 
 def test_server_auth_refuses_strangers_then_ctrl_c_stops_it(tmp_path, monkeypatch):
-    from afina import stores
-    from afina.errors import UserError
+    from afina import UserError
+    from afina.tracking import stores
 
     port, password = free_port(), "adm1n-Pw-for-afina"
     proc = _start_server(tmp_path, port, "--auth", MLFLOW_AUTH_ADMIN_PASSWORD=password)

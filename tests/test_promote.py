@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_spec, write_spec
+from helpers.specs import tiny_spec, write_spec
 
 LOW, HIGH = 1e-5, 3e-2  # a learning rate that barely moves the model, and one that learns in 4 steps
 
@@ -51,7 +51,9 @@ def _alias(c, alias, name="tiny"):
 def test_promote_gate_aliases_rollback_pyfunc(project, cli):
     import mlflow
 
-    from afina import loader, models, sampling
+    from afina import models
+    from afina.evaluation import textgen
+    from afina.models import loader
 
     path = _spec(project, [LOW, 1e-3, HIGH])
     assert cli("sweep", path, "--no-progress")[0] == 0
@@ -116,14 +118,14 @@ def test_promote_gate_aliases_rollback_pyfunc(project, cli):
     assert isinstance(answers, list) and len(answers) == 2 and all(isinstance(a, str) for a in answers)
     with loader.fetched("models:/tiny/2") as d:
         model, tok = loader.load(d)
-    assert answers == sampling.generate(model, tok, prompts, max_new_tokens=6)
+    assert answers == textgen.generate(model, tok, prompts, max_new_tokens=6)
 
 
 def test_merge_export_generate_serve(project, cli):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from afina import loader
+    from afina.models import loader
 
     path = _spec(project, [HIGH])
     assert cli("sweep", path, "--no-progress")[0] == 0
@@ -155,9 +157,9 @@ def test_merge_export_generate_serve(project, cli):
         assert torch.equal(greedy, exported.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id))
     assert cli("export", "models:/tiny/1", "--out", project / "tienda-model")[0] == 2  # never overwrites
 
-    from afina import sampling
+    from afina.evaluation import textgen
 
-    want = sampling.generate(exported, ex_tok, ["hola", "¿Puedo devolver?"], max_new_tokens=5)
+    want = textgen.generate(exported, ex_tok, ["hola", "¿Puedo devolver?"], max_new_tokens=5)
     code, out, err = cli("generate", "models:/tiny@champion", "hola", "--max-new-tokens", "5", "--tracking-uri", uri)
     assert code == 0, err
     assert out.strip() == want[0]
@@ -170,7 +172,7 @@ def test_merge_export_generate_serve(project, cli):
     # beside the SQLite store (`mlflow-artifacts:/`) through afina's entry point, installed with afina.
     from importlib.metadata import entry_points
 
-    assert any(e.value == "afina.artifacts:repository" for e in entry_points(group="mlflow.artifact_repository")), (
+    assert any(e.value == "afina.tracking.artifacts:repository" for e in entry_points(group="mlflow.artifact_repository")), (
         "afina's mlflow.artifact_repository entry point is not installed; run `pip install -e .` again"
     )
     with socket.socket() as s:

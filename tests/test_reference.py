@@ -12,10 +12,10 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from afina import reference
-from afina import spec as spec_mod
-from afina import study as study_mod
-from conftest import tiny_spec, write_spec
+from afina.baselines import default_run
+from afina.search import study as study_mod
+from afina.spec import schema as spec_mod
+from helpers.specs import tiny_spec, write_spec
 
 
 def _study(project):
@@ -84,13 +84,13 @@ def test_default_run_trains_the_sweeps_steps_with_defaults_and_shows_the_gap(pro
 def test_reference_is_off_by_default_and_validated(project):
     spec = spec_mod.load(write_spec(project, tiny_spec()))
     assert spec.baseline.default_run is False
-    ref = reference.default_spec(spec_mod.load(write_spec(project, tiny_spec(train={"learning_rate": 1e-3, "max_steps": 4}))), 12)
+    ref = default_run.default_spec(spec_mod.load(write_spec(project, tiny_spec(train={"learning_rate": 1e-3, "max_steps": 4}))), 12)
     kept = {"max_steps": 12, "per_device_train_batch_size": 4, "max_length": 64, "per_device_eval_batch_size": 8, "seed": 0}
     assert ref.train == {**kept, "learning_rate": 2e-4}  # the spec's 1e-3 is not kept; LoRA's documented rate is used
     full = tiny_spec(model={"ref": "tiny-random", "method": "full"}, lora={})
-    assert reference.default_spec(spec_mod.load(write_spec(project, full)), 12).train["learning_rate"] == 2e-5
+    assert default_run.default_spec(spec_mod.load(write_spec(project, full)), 12).train["learning_rate"] == 2e-5
     assert ref.lora == {} and ref.search.space == {}
-    from afina.errors import UserError
+    from afina import UserError
 
     with pytest.raises(UserError, match="baseline.default_rn"):
         spec_mod.load(write_spec(project, tiny_spec(baseline={"default_rn": True})))

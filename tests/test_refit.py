@@ -13,8 +13,8 @@ import sqlite3
 import optuna
 import pytest
 
-from conftest import tiny_spec, write_spec
-from stores import stop, sweep, wait_for
+from helpers.services import stop, sweep, wait_for
+from helpers.specs import tiny_spec, write_spec
 
 
 def _study(project, name="tiny"):
@@ -50,7 +50,8 @@ def test_bad_budget_is_one_line_and_writes_nothing(budget, match, project, cli):
 def test_budget_search_share_refit_promotion_and_verdict(project, cli):
     """budget {steps: 24, refit: 0.5}: the search trains trials of 4 steps (successive halving prunes some at
     step 2) while one more fits in its 12 steps; the refit trains the best configuration for 24 - spent steps."""
-    from afina import budget, paid
+    from afina.baselines import payoff
+    from afina.search import budget
 
     spec = tiny_spec(search={"n_trials": 20, "pruner": "successive_halving"}, budget={"steps": 24, "refit": 0.5})
     path = write_spec(project, spec)
@@ -103,12 +104,12 @@ def test_budget_search_share_refit_promotion_and_verdict(project, cli):
 
     # a default run of equal compute (the reference run of issue 14), then the verdict in status, report, parent run
     reference = _reference_run(path, study, budget.sweep_steps(study))
-    from afina import report
-    from afina import spec as spec_mod
-    from afina import study as study_mod
+    from afina.reporting import report
+    from afina.search import study as study_mod
+    from afina.spec import schema as spec_mod
 
     s = spec_mod.load(path)
-    verdict = paid.record(s, study, study_mod.client(s), study.user_attrs["mlflow_parent_run_id"])
+    verdict = payoff.record(s, study, study_mod.client(s), study.user_attrs["mlflow_parent_run_id"])
     assert verdict["sweep_steps"] == 24 and verdict["reference_steps"] == 24
     assert verdict["model"] == f"refit of trial {best.number}" and verdict["reference_run_id"] == reference
     rows = {r["metric"]: r for r in verdict["rows"]}
@@ -120,24 +121,26 @@ def test_budget_search_share_refit_promotion_and_verdict(project, cli):
     assert rows["eval_loss"]["verdict"] == ("better" if rows["eval_loss"]["diff"] < 0 else "worse")
     code, out, err = cli("status", path)
     out = " ".join(out.split())
-    assert code == 0 and "Did the sweep pay?" in out and paid.headline(verdict)[:20] in out
+    assert code == 0 and "Did the sweep pay?" in out and payoff.headline(verdict)[:20] in out
     assert "eval_loss:" in out and "n=8" in out
     report.refresh(s, study, study_mod.client(s), study.user_attrs["mlflow_parent_run_id"])
     assert "Did the sweep pay for itself?" in report.path(s).read_text(encoding="utf-8")
     parent = c.get_run(study.user_attrs["mlflow_parent_run_id"])
-    assert parent.data.tags["afina.paid"] == paid.headline(verdict)
+    assert parent.data.tags["afina.paid"] == payoff.headline(verdict)
     assert parent.data.metrics["vs_reference.eval_loss"] == pytest.approx(rows["eval_loss"]["diff"])
 
 
 def _reference_run(path, study, steps: int) -> str:
     """Stand-in for issue 14's reference run, trained for real: TRL's default learning rate on the sweep's data
-    for the sweep's steps, through the same trial.run, its record kept as reference.py (issue 14) keeps it."""
+    for the sweep's steps, through the same trial.run, its record kept as baselines/default_run.py (issue 14) keeps it."""
     import dataclasses
 
-    from afina import data, metrics, models, trial
-    from afina import spec as spec_mod
-    from afina import study as study_mod
-    from afina.context import TrialContext
+    from afina import data, models
+    from afina.evaluation import metrics
+    from afina.search import study as study_mod
+    from afina.spec import schema as spec_mod
+    from afina.training import trial
+    from afina.training.context import TrialContext
 
     s = spec_mod.load(path)
     s.train = {**s.train, "max_steps": steps}
@@ -214,8 +217,8 @@ def test_no_budget_no_refit_and_refit_needs_one(project, cli):
 def test_budget_arithmetic_on_a_study():
     """spent / room / refit_steps over a real (in-memory) Optuna study: finished trials count what they trained,
     a running one its full length; without budget.steps the refit's share comes from what the search spent."""
-    from afina import budget
-    from afina import spec as spec_mod
+    from afina.search import budget
+    from afina.spec import schema as spec_mod
 
     study = optuna.create_study()
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
@@ -255,9 +258,10 @@ def test_multi_objective_refit_choice_worse_refit_and_a_sweep_that_did_not_pay(t
     from mlflow import MlflowClient
     from rich.console import Console
 
-    from afina import paid, winner
-    from afina import spec as spec_mod
-    from afina.errors import UserError
+    from afina import UserError
+    from afina.baselines import payoff
+    from afina.search import winner_refit
+    from afina.spec import schema as spec_mod
 
     c = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = c.create_experiment("tiny", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -288,8 +292,8 @@ def test_multi_objective_refit_choice_worse_refit_and_a_sweep_that_did_not_pay(t
         return spec_mod.Spec.model_validate({**tiny_spec(), "search": search, "promote": {"objective": objective}, "budget": {"steps": 40}})
 
     with pytest.raises(UserError, match=r"objectives \['eval_loss', 'chrf'\]; set promote.objective or run `afina refit SPEC --trial N`"):
-        winner.pick(study, spec(None))
-    assert winner.pick(study, spec("chrf")).number == 0 and winner.pick(study, spec("eval_loss")).number == 1
+        winner_refit.pick(study, spec(None))
+    assert winner_refit.pick(study, spec("chrf")).number == 0 and winner_refit.pick(study, spec("eval_loss")).number == 1
 
     said = io.StringIO()
     console = Console(file=said, width=300)
@@ -300,10 +304,10 @@ def test_multi_objective_refit_choice_worse_refit_and_a_sweep_that_did_not_pay(t
         "refit",
         {"state": "COMPLETE", "of": 0, "steps": 20, "run_id": worse, "values": [0.8, 28.0], "results": {"eval_loss": 0.8, "chrf": 28.0}},
     )
-    assert winner.prefer(study, spec("chrf"), trial0, console) is trial0
+    assert winner_refit.prefer(study, spec("chrf"), trial0, console) is trial0
     assert "chrf 28 does not beat the trial's 30; the trial is the candidate" in said.getvalue()
-    assert winner.lineage(trial0) == {"afina.source": "trial"}
-    assert paid.sweep_model(study, spec("chrf"))[0] == "trial 0"
+    assert winner_refit.lineage(trial0) == {"afina.source": "trial"}
+    assert payoff.sweep_model(study, spec("chrf"))[0] == "trial 0"
 
     better = run("refit-0b", [33.0, 32.0, 34.0, 33.0])
     study.set_user_attr(
@@ -318,25 +322,25 @@ def test_multi_objective_refit_choice_worse_refit_and_a_sweep_that_did_not_pay(t
             "results": {"eval_loss": 1.1, "chrf": 33.0},
         },
     )
-    chosen = winner.prefer(study, spec("chrf"), trial0, console)
-    assert isinstance(chosen, winner.Refit) and chosen.user_attrs["mlflow_run_id"] == better
-    assert winner.lineage(chosen)["afina.refit_of_run_id"] == trial0.user_attrs["mlflow_run_id"]
+    chosen = winner_refit.prefer(study, spec("chrf"), trial0, console)
+    assert isinstance(chosen, winner_refit.Refit) and chosen.user_attrs["mlflow_run_id"] == better
+    assert winner_refit.lineage(chosen)["afina.refit_of_run_id"] == trial0.user_attrs["mlflow_run_id"]
 
     # a default run of equal compute that answers better on chrf, paired prompt by prompt
     ref = run("reference", [40.0, 41.0, 39.0, 42.0])
     study.set_user_attr("reference", {"run_id": ref, "steps": 40, "results": {"eval_loss": 1.0, "chrf": 40.5}})
     parent = c.create_run(exp, run_name="sweep-tiny").info.run_id
-    v = paid.record(spec("chrf"), study, c, parent)
+    v = payoff.record(spec("chrf"), study, c, parent)
     assert v["model"] == "refit of trial 0" and v["objective"] == "chrf" and not v["beat_objective"]
     rows = {r["metric"]: r for r in v["rows"]}
     assert rows["chrf"]["verdict"] == "worse" and rows["chrf"]["n"] == 4 and rows["chrf"]["diff"] == pytest.approx(33.0 - 40.5)
     assert rows["chrf"]["se"] == pytest.approx(0.9574, abs=1e-3)  # sd of the paired differences (-7, -9, -5, -9) / sqrt(4)
-    headline = paid.headline(v)
+    headline = payoff.headline(v)
     assert (
         headline.startswith("no: the sweep's model (refit of trial 0, ")
         and "did NOT beat one default run of equal compute on the objective (chrf)" in headline
     )
-    lines = paid.lines(study)
+    lines = payoff.lines(study)
     assert lines[1] == f"Did the sweep pay? {headline}" and any(
         line.startswith("  chrf: 33 vs 40.5  -7.5 ± 0.96 (paired SE), n=4  → worse") for line in lines
     )

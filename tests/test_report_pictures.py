@@ -8,7 +8,7 @@ import random
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from conftest import tiny_spec, write_spec
+from helpers.specs import tiny_spec, write_spec
 
 PNG = b"\x89PNG\r\n\x1a\n"
 DIST = {"train.learning_rate": FloatDistribution(1e-4, 1e-2, log=True), "slices.poesia.include": CategoricalDistribution([True, False])}
@@ -16,8 +16,8 @@ DIST = {"train.learning_rate": FloatDistribution(1e-4, 1e-2, log=True), "slices.
 
 def _sweep(project, trials: int):
     """A study of `trials` COMPLETE trials (no training: the plots only read trials) and its MLflow parent run."""
-    from afina import spec as spec_mod
-    from afina import study as study_mod
+    from afina.search import study as study_mod
+    from afina.spec import schema as spec_mod
 
     s = spec_mod.load(write_spec(project, tiny_spec()))
     study = study_mod.open(s, create=True)
@@ -34,7 +34,7 @@ def _sweep(project, trials: int):
 def _ablate(s, study, c, parent) -> dict:
     """What `afina ablate` stores, from made-up per-seed results run through ablation.summarize and ablation.record:
     3 paired seeds, poesia raises eval_loss by ~0.5 on every seed (a clear "hurts")."""
-    from afina import ablation
+    from afina.attribution import ablation
 
     params, number = ablation.best_trial(s, study)
     plan, notes = ablation.arms(s, params)
@@ -60,7 +60,7 @@ def _section(page: str) -> str:
 
 
 def test_forest_plot_of_the_stored_ablation_on_the_parent_run_and_in_the_report(project):
-    from afina import report
+    from afina.reporting import report
 
     s, study, c, parent = _sweep(project, 4)
     stored = _ablate(s, study, c, parent)
@@ -81,7 +81,7 @@ def test_forest_plot_of_the_stored_ablation_on_the_parent_run_and_in_the_report(
 
 
 def test_no_ablation_no_forest_and_the_slice_chart_says_it_is_observational(project):
-    from afina import report
+    from afina.reporting import report
 
     s, study, c, parent = _sweep(project, 4)
     report.refresh(s, study, c, parent)
@@ -93,7 +93,7 @@ def test_no_ablation_no_forest_and_the_slice_chart_says_it_is_observational(proj
 
 
 def test_importances_left_out_of_a_small_study_with_the_reason(project):
-    from afina import plots, report
+    from afina.reporting import plots, report
 
     s, study, c, parent = _sweep(project, 4)
     report.refresh(s, study, c, parent)
@@ -104,7 +104,7 @@ def test_importances_left_out_of_a_small_study_with_the_reason(project):
 
 
 def test_importances_drawn_from_enough_trials(project):
-    from afina import plots, report
+    from afina.reporting import plots, report
 
     s, study, c, parent = _sweep(project, plots.IMPORTANCE_MIN)  # exactly the threshold: drawn
     report.refresh(s, study, c, parent)

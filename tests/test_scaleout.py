@@ -14,10 +14,10 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from afina.study import skipped
-from afina.sweep import finished
-from conftest import tiny_spec, write_spec
-from stores import drop_database, free_port, needs_pg, new_database, start_server, stop, sweep, wait_for
+from afina.commands.sweep import finished
+from afina.search.study import skipped
+from helpers.services import drop_database, free_port, needs_pg, new_database, start_server, stop, sweep, wait_for
+from helpers.specs import tiny_spec, write_spec
 
 pytestmark = needs_pg
 SECRET, TOKEN = "pw-s3cr3t-xyz", "hf_tok3n_s3cr3t"
@@ -115,7 +115,7 @@ def test_four_workers_never_train_the_same_params_twice(stack, tmp_path):
     """4 workers started together on 8 trials of a 12-set space: 8 distinct parameter sets. With one seed
     for every process their first draws were identical; with random draws from 12 sets, repeats happen
     by chance too, and are skipped untrained."""
-    from afina import distinct
+    from afina.search import distinct
 
     spec = tiny_spec(
         name="distinct",
@@ -237,7 +237,7 @@ def test_mlflow_outage_mid_trial_is_kept_then_synced(stack, tmp_path, cli, monke
         assert sorted({m.step for m in c.get_metric_history(rid, "loss")}) == list(range(1, 31))
         assert "best_eval_loss" in run.data.metrics and run.data.params["world_size"] == "1"
         assert {a.path for a in c.list_artifacts(rid)} >= {"checkpoint", "samples.json"}
-    from afina import study as study_mod
+    from afina.search import study as study_mod
 
     assert [r["run_id"] for r in sorted(study_mod.rows(load(stack, "outage")), key=lambda r: r["number"])] == [run_id, real]
     _, children = runs(stack, "outage")

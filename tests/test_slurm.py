@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import nothing_written, write_spec
+from helpers.files import nothing_written
+from helpers.specs import write_spec
 from test_fleet import _afina, fleet_spec, runs, trained
 
 pytestmark = pytest.mark.fleet  # submitit's array as local processes: `make test-all`

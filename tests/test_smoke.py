@@ -1,10 +1,12 @@
+"""The first thing a newcomer runs: a tiny sweep, its stores and what it prints."""
+
 import re
 
 import optuna
 import pytest
 from mlflow import MlflowClient
 
-from conftest import tiny_spec, write_spec
+from helpers.specs import tiny_spec, write_spec
 
 
 def test_tiny_sweep_runs(project, cli):

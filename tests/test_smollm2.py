@@ -10,7 +10,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from conftest import tiny_spec, write_spec
+from helpers.specs import tiny_spec, write_spec
 
 
 @pytest.mark.slow

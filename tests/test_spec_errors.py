@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import nothing_written, tiny_spec
+from helpers.files import nothing_written
+from helpers.specs import tiny_spec
 
 
 def _spec(**overrides):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-from afina import artifacts, tracking
+from afina import tracking
+from afina.tracking import artifacts
 
 URI = "sqlite:///mlruns/mlflow.db"
 

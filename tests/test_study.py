@@ -9,15 +9,17 @@ import math
 import optuna
 import yaml
 
-from conftest import tiny_spec, write_spec
+from helpers.specs import tiny_spec, write_spec
 
 
 def test_fixed_trial_runs_as_a_child_run_with_its_role(project):
     """trial.run(FixedTrial) with no study behind it: a `refit-N` child run evaluated like a trial."""
-    from afina import spec as spec_mod
-    from afina import study as study_mod
-    from afina import sweep, tracking, trial
-    from afina.context import TrialContext
+    from afina import tracking
+    from afina.commands import sweep
+    from afina.search import study as study_mod
+    from afina.spec import schema as spec_mod
+    from afina.training import trial
+    from afina.training.context import TrialContext
 
     path = write_spec(project, tiny_spec())
     spec = spec_mod.load(path)

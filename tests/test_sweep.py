@@ -22,7 +22,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import tiny_spec, write_spec
+from helpers.specs import tiny_spec, write_spec
 
 
 def client(folder: Path) -> MlflowClient:
@@ -71,7 +71,7 @@ def samples(c: MlflowClient, run_id: str, dst: Path) -> dict:
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, afina_cache):
     """One 3-trial sweep shared by the read-only checks below (the CLI in-process, progress on)."""
-    from afina.cli import main
+    from afina.cli.app import main
 
     folder = tmp_path_factory.mktemp("swept")
     with pytest.MonkeyPatch.context() as mp:
@@ -465,9 +465,9 @@ def test_all_slices_excluded_is_pruned(project, cli):
 def test_default_pruner_rungs_start_at_the_first_evaluation():
     """Successive halving judges a trial at its first evaluation even while its peer is still running
     (Optuna's min_resource="auto" prunes nothing until some trial has finished)."""
-    from afina import schedule
-    from afina import study as study_mod
-    from afina.spec import Search
+    from afina.search import study as study_mod
+    from afina.spec.schema import Search
+    from afina.training import schedule
 
     def second_is_pruned(search: Search, first_eval: int | None) -> bool:
         study = optuna.create_study(pruner=study_mod.pruner(search, first_eval))

@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from conftest import jsonl, tiny_spec, write_spec
+from helpers.specs import jsonl, tiny_spec, write_spec
 
 ANSWER = "Sí, claro: lo enviamos hoy mismo sin coste alguno."
 WRONG = "Jamás. No hacemos eso nunca, lo siento mucho."
@@ -47,7 +47,7 @@ def planted(folder: Path) -> dict:
 def ablated(tmp_path_factory, afina_cache):
     """A 5-trial sweep (pinned configurations, so the regression has what it needs) with search.ablate:
     the best configuration is retrained with each slice toggled under 3 seeds. The CLI, in-process."""
-    from afina.cli import main
+    from afina.cli.app import main
 
     folder = tmp_path_factory.mktemp("ablated")
     with pytest.MonkeyPatch.context() as mp:
@@ -208,7 +208,7 @@ def test_ablate_without_a_study_is_one_line(project, cli):
 
 
 def test_paired_interval_covers_the_true_difference_about_95_percent():
-    from afina import verdicts
+    from afina.attribution import verdicts
 
     rng = np.random.default_rng(0)
     hits = 0
@@ -220,7 +220,7 @@ def test_paired_interval_covers_the_true_difference_about_95_percent():
 
 
 def test_paired_verdicts_follow_direction_interval_and_noise():
-    from afina import verdicts
+    from afina.attribution import verdicts
 
     up = verdicts.paired([2.0, 2.1, 2.2], [1.0, 1.05, 1.1], "eval_loss", "minimize")
     assert up.verdict == "hurts" and up.n == 3 and up.lo > 0
@@ -236,13 +236,13 @@ def test_paired_verdicts_follow_direction_interval_and_noise():
 
 
 def _space(**dims):
-    from afina.spec import Dim
+    from afina.spec.schema import Dim
 
     return {k: Dim(**v) for k, v in dims.items()}
 
 
 def test_regression_finds_a_planted_effect_and_refuses_when_it_cannot_tell():
-    from afina import verdicts
+    from afina.attribution import verdicts
 
     space = _space(**{"slices.poesia.include": {"categorical": [True, False]}, "train.learning_rate": {"float": [1e-4, 1e-2], "log": True}})
     rng = np.random.default_rng(1)
@@ -268,7 +268,7 @@ def test_regression_finds_a_planted_effect_and_refuses_when_it_cannot_tell():
 
 
 def test_best_mixture_finds_the_interior_optimum():
-    from afina import verdicts
+    from afina.attribution import verdicts
 
     space = _space(**{"slices.a.weight": {"float": [0.0, 1.0]}, "slices.b.weight": {"float": [0.0, 1.0]}})
     rng = np.random.default_rng(2)
@@ -282,7 +282,8 @@ def test_best_mixture_finds_the_interior_optimum():
 
 
 def test_arms_toggle_include_and_put_weights_at_their_bounds(project):
-    from afina import ablation, spec
+    from afina.attribution import ablation
+    from afina.spec import schema
 
     d = tiny_spec()
     d["search"]["space"] = {
@@ -291,7 +292,7 @@ def test_arms_toggle_include_and_put_weights_at_their_bounds(project):
         "slices.faq.weight": {"float": [0.2, 1.0]},
         "slices.productos.fraction": {"float": [0.5, 1.0]},
     }
-    s = spec.load(write_spec(project, d))
+    s = schema.load(write_spec(project, d))
     best = {"slices.poesia.include": False, "slices.poesia.weight": 0.5, "slices.faq.weight": 0.6, "slices.productos.fraction": 1.0}
     plan, notes = ablation.arms(s, best)
     got = {(a.name, a.more, a.change) for a in plan[1:]}
@@ -308,7 +309,7 @@ def test_slice_plot_is_not_drawn_for_a_slice_no_trial_varied():
     """The held-out run's trap: every trial included the recipe slice, and the report still drew it."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from afina import plots
+    from afina.reporting import plots
 
     dist = {"slices.recetas.include": CategoricalDistribution([True, False]), "train.learning_rate": FloatDistribution(1e-4, 1e-2)}
     done = [
@@ -325,7 +326,7 @@ def test_slice_plot_is_not_drawn_for_a_slice_no_trial_varied():
 
 def test_an_unclear_verdict_names_the_command_for_more_evidence(ablated):
     """ "no clear effect" on the objective says how to narrow the interval; clear verdicts need no such line."""
-    from afina import findings
+    from afina.attribution import data_section
 
     folder, _ = ablated
     s = _summary(folder)
@@ -333,7 +334,7 @@ def test_an_unclear_verdict_names_the_command_for_more_evidence(ablated):
 
     def with_verdict(verdict: str) -> str:
         rows = [{**r, "verdict": verdict} if r["metric"] == abl["objective"] else r for r in abl["rows"]]
-        return "\n".join(findings.lines({**s, "ablation": {**abl, "rows": rows}}, "spec.yaml"))
+        return "\n".join(data_section.lines({**s, "ablation": {**abl, "rows": rows}}, "spec.yaml"))
 
     unclear = with_verdict("no clear effect")
     assert "Not enough evidence yet" in unclear

@@ -1,3 +1,3 @@
-from afina.cli import main
+from afina.cli.app import main
 
 main()

@@ -1,0 +1,269 @@
+"""`afina promote`: pick a trial, gate it against @champion (evaluation/answer_loss.py), register, move aliases.
+
+Everything that can be wrong with the input (study, trial, artifact, promotion set) is checked
+before the registry is touched. The gate scores the candidate and the current champion with the
+same metric on the same promotion set; a refused candidate leaves the registry unchanged. Every
+comparison is logged as a `promotion` run in the spec's MLflow experiment. Nothing is deleted:
+the old champion keeps the alias `previous` (`afina rollback` swaps the two back).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from afina import UserError, data, models, tracking
+from afina.data import chat_rows, sources
+from afina.evaluation import answer_loss
+from afina.models import loader
+from afina.promotion import pyfunc, registry
+from afina.reporting import run_descriptions
+from afina.search import study as study_mod
+from afina.search import winner_refit
+from afina.tracking import logs, spool
+
+if TYPE_CHECKING:
+    import optuna
+
+    from afina.spec.schema import Spec
+
+NOISE = 1e-6  # float noise: identical weights loaded two ways must not count as "better"
+
+
+# ---------------------------------------------------------------- selection
+
+
+def select(study: optuna.Study, spec: Spec, number: int | None):
+    """The trial to promote: `number`, or the best COMPLETE one by the study's objective."""
+    trials = study.get_trials(deepcopy=False)
+    if number is not None:
+        match = [t for t in trials if t.number == number]
+        if not match:
+            raise UserError(f"study {study.study_name!r} has no trial {number} (trials 0-{len(trials) - 1}); see `afina status`")
+        if match[0].state.name != "COMPLETE":
+            raise UserError(f"trial {number} is {match[0].state.name}; only COMPLETE trials can be promoted")
+        return match[0]
+    if not study_mod.done(study):
+        raise UserError(f"study {study.study_name!r} has no COMPLETE trial yet; run `afina sweep` until one finishes")
+    index = 0
+    if len(study.directions) > 1:
+        names = study_mod.objectives(study)
+        if not spec.promote.objective:
+            raise UserError(
+                f"study {study.study_name!r} has {len(names)} objectives; pass --trial N or set promote.objective to one of {names}"
+            )
+        if spec.promote.objective not in names:
+            raise UserError(f"promote.objective {spec.promote.objective!r} is not an objective of the study; use one of {names}")
+        index = names.index(spec.promote.objective)
+    return study_mod.best(study, index)
+
+
+def promotion_set(spec: Spec) -> list[chat_rows.Row]:
+    """promote.path if set, else the spec's eval set."""
+    if spec.promote.path is None:
+        return data.prepare(spec).eval
+    rows = []
+    for p in sources.files(spec.promote.path, spec.base_dir):
+        rows += chat_rows.normalize(sources.read(p), p.name)
+    if not rows:
+        raise UserError(f"promote.path {spec.promote.path!r} has no rows; point it at held-out prompts with answers")
+    return rows
+
+
+# ---------------------------------------------------------------- promote
+
+
+def run(spec: Spec, console, number: int | None = None, force: bool = False, merge: bool = False) -> bool:
+    """Returns True when the alias moved (or the candidate already holds it)."""
+    logs.quiet()
+    tracking.check_url(spec.tracking.mlflow_uri, "mlflow_uri")
+    tracking.check_url(spec.tracking.optuna_storage, "optuna_storage")
+    study = study_mod.open(spec)
+    c = study_mod.reader(spec.tracking.mlflow_uri)
+    trial = winner_refit.prefer(study, spec, select(study, spec, number), console)  # its refit, when that beats it
+    run_id = study_mod.run_id(trial, study)
+    if run_id.startswith(spool.OFFLINE):
+        raise UserError(f"trial {trial.number}'s MLflow records are still kept locally (the server was down); run `afina sync` first")
+    try:
+        source = c.get_run(run_id) if run_id else None
+    except Exception:
+        source = None
+    if source is None:
+        raise UserError(f"trial {trial.number} has no MLflow run in {tracking.redact(spec.tracking.mlflow_uri)}; was the store moved?")
+    if not any(
+        a.path == "checkpoint/adapter_config.json" or a.path == "checkpoint/config.json" for a in c.list_artifacts(run_id, "checkpoint")
+    ):
+        raise UserError(f"trial {trial.number} (run {run_id}) has no checkpoint/ artifact with weights; nothing to promote")
+    rows = promotion_set(spec)
+    set_print = chat_rows.fingerprint(rows)
+    name, alias = spec.model_name, spec.promote.alias
+    champion = registry.by_alias(c, name, alias)
+    same = champion is not None and champion.tags.get("afina.run_id") == run_id
+    if same and not force and (not merge or champion.tags.get("afina.format") == "merged"):
+        console.print(f"trial {trial.number} is already @{alias} ({name} v{champion.version}); nothing to do")
+        return True
+
+    gate_metric = answer_loss.metric(spec)
+    metric, lower_better = answer_loss.METRICS[gate_metric]
+    with tempfile.TemporaryDirectory(prefix="afina-promote-") as tmp:
+        import mlflow
+
+        ckpt = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint", dst_path=tmp))
+        cand_dir = package(ckpt, Path(tmp) / loader.ARTIFACT, spec, merge)
+        cand = metric(*loader.load(cand_dir), rows)
+        champ = None
+        if champion is not None:
+            with loader.fetched(f"models:/{name}/{champion.version}") as d:
+                champ = metric(*loader.load(d), rows)
+        sign = 1 if lower_better else -1
+        better = champ is None or sign * (champ - cand) > max(spec.promote.margin, NOISE)
+        decision = "promoted" if better else "forced" if force else "refused"
+        _report(console, gate_metric, trial, cand, champ, champion, alias, set_print, len(rows), spec.promote.margin, decision)
+        gate_tags = {  # the decision first: the order MLflow is given them
+            "afina.gate.decision": decision,
+            "afina.gate.metric": gate_metric,
+            "afina.gate.score": f"{cand:.6g}",
+            "afina.gate.champion_score": "none" if champ is None else f"{champ:.6g}",
+            "afina.gate.set_fingerprint": set_print,
+        }
+        exp_id = source.info.experiment_id
+        promo_id = _log_promotion(c, exp_id, spec, trial, run_id, champion, gate_tags, cand, champ, len(rows))
+        tracking.copy_table(c, run_id, promo_id, "samples.json")  # the candidate's answers, in the Evaluation view
+        if decision == "refused":
+            return False
+        # The model is logged from the promotion run, so its page lists the registered version;
+        # afina.run_id and the description lead back to the trial that trained it.
+        info = pyfunc.log(cand_dir, promo_id, exp_id)
+        meta = loader.read_meta(cand_dir)
+        tags = {**gate_tags, **_lineage(study, trial, source, meta), **winner_refit.lineage(trial), "afina.promotion_run": promo_id}
+        version = mlflow.register_model(info.model_uri, name, tags=tags)
+    c.update_registered_model(name, description=run_descriptions.model_note(name, study.study_name, alias))
+    c.update_model_version(
+        name,
+        version.version,
+        description=run_descriptions.version_note(
+            name, version.version, meta, trial.number, study.study_name, exp_id, run_id, gate_tags, promo_id
+        ),
+    )
+    if champion is not None:
+        c.set_registered_model_alias(name, registry.previous_alias(alias), champion.version)
+    c.set_registered_model_alias(name, alias, version.version)  # one update: @champion is never missing
+    c.set_tag(promo_id, "afina.version", str(version.version))
+    c.set_tag(
+        promo_id,
+        tracking.NOTE,
+        run_descriptions.promotion_note(gate_tags, len(rows), trial.number, exp_id, run_id, champion)
+        + f"\n\nRegistered as `{name}` v{version.version} @{alias}.",
+    )
+    c.set_tag(run_id, "afina.registered", f"{name}/{version.version}")
+    _rereport(spec, study, c, console)
+    moved = f"; @{registry.previous_alias(alias)} → v{champion.version}" if champion is not None else ""
+    console.print(f"{name} v{version.version} ({meta['format']}) is now @{alias}{moved}  ·  models:/{name}@{alias}")
+    return True
+
+
+def _rereport(spec: Spec, study: optuna.Study, c, console) -> None:
+    """The sweep report names the new @champion (re-rendered; a plotting problem is only printed)."""
+    from afina.reporting import report
+
+    parent_id = study_mod.parent_id(study)
+    if parent_id:
+        report.refresh_quietly(spec, study, c, parent_id, console)
+
+
+def package(ckpt: Path, out: Path, spec: Spec, merge: bool) -> Path:
+    """The trial's checkpoint as a self-contained model folder: weights + tokenizer + afina-model.json."""
+    base, trust = loader.trained_on(ckpt, spec)  # the base it was trained on, not today's spec's
+    adapter = (ckpt / "adapter_config.json").is_file()
+    base_dir = models.resolve(base)
+    meta = {
+        "format": "adapter" if adapter else "full",
+        "base": base,
+        "base_sha256": models.fingerprint(base_dir),
+        "trust_remote_code": trust,
+    }
+    if adapter:
+        # PEFT wrote the base's local path here; the reference is what travels.
+        cfg = json.loads((ckpt / "adapter_config.json").read_text(encoding="utf-8"))
+        cfg["base_model_name_or_path"] = base
+        (ckpt / "adapter_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    loader.write_meta(ckpt, meta)
+    if adapter and merge:
+        return loader.merged(ckpt, out)
+    shutil.copytree(ckpt, out)
+    return out
+
+
+def _lineage(study: optuna.Study, trial, source, meta: dict) -> dict[str, str]:
+    objectives = study_mod.objectives(study)
+    # The run keeps every param; the version carries what identifies it (the picks are in afina.params).
+    tags = {f"afina.objective.{o}": f"{v:.6g}" for o, v in zip(objectives, trial.values, strict=False)}
+    tags |= {
+        "afina.study": study.study_name,
+        "afina.trial": str(trial.number),
+        "afina.run_id": source.info.run_id,
+        "afina.data_fingerprint": trial.user_attrs.get("data_fingerprint", ""),
+        "afina.slices": json.dumps(
+            {
+                k.removeprefix("rows."): int(v)
+                for k, v in source.data.params.items()
+                if k.startswith("rows.") and k not in ("rows.train", "rows.eval")
+            }
+        ),
+        "afina.params": json.dumps(trial.params, default=str),
+        "afina.base_model": meta.get("base", ""),
+        "afina.base_sha256": meta.get("base_sha256", ""),
+        "afina.format": meta["format"],
+        "afina.checkpoint": f"runs:/{source.info.run_id}/checkpoint",
+    }
+    return {k: str(v)[:5000] for k, v in tags.items()}
+
+
+def _log_promotion(
+    c, experiment_id: str, spec: Spec, trial, run_id: str, champion, gate_tags: dict, cand: float, champ, n_rows: int
+) -> str:
+    run = c.create_run(
+        experiment_id,
+        run_name=f"promote-trial-{trial.number}",
+        tags={
+            tracking.ROLE: "promotion",
+            "afina.study": spec.name,
+            "afina.trial": str(trial.number),
+            "afina.candidate_run_id": run_id,
+            "afina.model_name": spec.model_name,
+            **gate_tags,
+            "afina.champion_version": "none" if champion is None else str(champion.version),
+            tracking.NOTE: run_descriptions.promotion_note(gate_tags, n_rows, trial.number, experiment_id, run_id, champion),
+        },
+    )
+    rid = run.info.run_id
+    tracking.log_params(
+        c,
+        rid,
+        {
+            "metric": gate_tags["afina.gate.metric"],
+            "set_fingerprint": gate_tags["afina.gate.set_fingerprint"],
+            "rows": n_rows,
+            "margin": spec.promote.margin,
+            "candidate_trial": trial.number,
+            "champion_version": "none" if champion is None else champion.version,
+        },
+    )
+    tracking.log_metrics(c, rid, {"candidate_score": cand, **({"champion_score": champ} if champ is not None else {})}, 0, synchronous=True)
+    c.set_terminated(rid)
+    return rid
+
+
+def _report(console, gate_metric: str, trial, cand, champ, champion, alias, set_print, n, margin, decision) -> None:
+    vs = f"@{alias} v{champion.version}: {champ:.4f}" if champion is not None else f"no @{alias} yet"
+    console.print(f"gate: {gate_metric} on {n} promotion rows (set {set_print}), lower is better")
+    console.print(f"  candidate trial {trial.number}: {cand:.4f}   {vs}")
+    if decision == "refused":
+        console.print(
+            f"refused: trial {trial.number} is not better than @{alias} by more than {margin}; registry unchanged (--force overrides)"
+        )
+    elif decision == "forced":
+        console.print(f"--force: promoting trial {trial.number} although it does not beat @{alias}")

@@ -1,0 +1,260 @@
+"""The refit: after the search, train the winning configuration with the rest of the budget.
+
+The search's trials are short (and pruned); the model a user keeps should get the compute the
+search did not spend. The refit is the winner's params trained for `budget.refit_steps` steps, as
+a child run `refit-N` tagged afina.role=refit and afina.refit_of=N, through `trial.run` with a
+FixedTrial: the same data mixture, seed and evaluation as every trial, checkpoints included.
+
+Why a FixedTrial and not an extra Optuna trial: a trial of the study would be seen by the sampler
+(a longer run is not a sample of the same objective), judged by the pruner against shorter trials,
+counted in n_trials and ranked in the leaderboard as a search result. Kept beside the study it
+touches none of that. Its state lives in the study's user attr `refit`; a killed or interrupted
+refit leaves its checkpoints in `<checkpoint_dir>/<study>/refit-N`, and the next `afina sweep` (or
+`afina refit`) resumes from the newest one (training/trial.py), closing the dead attempt's run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from afina import UserError, tracking
+from afina.evaluation import metrics
+from afina.search import budget
+from afina.search import study as study_mod
+from afina.training import distributed, resume, schedule
+
+if TYPE_CHECKING:
+    import optuna
+
+    from afina.spec.schema import Spec
+    from afina.training.context import TrialContext
+
+ATTR = "refit"  # study user attr: {of, of_run_id, steps, state, worker, beat, run_id, values, results, n}
+
+
+def objective_index(study: optuna.Study, spec: Spec) -> int | None:
+    """The objective that picks the winner: the only one, or promote.objective (None: the user must pick)."""
+    names = study_mod.objectives(study)
+    if len(names) == 1:
+        return 0
+    return names.index(spec.promote.objective) if spec.promote.objective in names else None
+
+
+def pick(study: optuna.Study, spec: Spec, number: int | None = None):
+    """The trial whose configuration is refitted: `number`, else the best COMPLETE one."""
+    if number is not None:
+        match = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        if not match or match[0].state.name != "COMPLETE":
+            raise UserError(f"trial {number} is not a COMPLETE trial of study {study.study_name!r}; see `afina status`")
+        return match[0]
+    index = objective_index(study, spec)
+    if index is None:
+        raise UserError(
+            f"study {study.study_name!r} has objectives {study_mod.objectives(study)}; "
+            "set promote.objective or run `afina refit SPEC --trial N`"
+        )
+    best = study_mod.best(study, index)
+    if best is None:
+        raise UserError(f"study {study.study_name!r} has no COMPLETE trial to refit; run `afina sweep` until one finishes")
+    return best
+
+
+def state(study: optuna.Study) -> dict[str, Any]:
+    return study.user_attrs.get(ATTR) or {}
+
+
+def run(ctx: TrialContext, study: optuna.Study, console, on_step=None, number: int | None = None) -> dict | None:
+    """Train (or resume, or skip when done) the refit; returns its record, None when there is none to run."""
+    import optuna
+
+    from afina.training import trial as trial_mod
+
+    spec, c = ctx.spec, ctx.client
+    steps = budget.refit_steps(study, spec)
+    if steps <= 0:
+        if spec.budget is not None and spec.budget.refit > 0:
+            console.print(f"no refit: the search spent the whole budget ({budget.spent(study)} of {spec.budget.steps} steps)")
+        return None
+    if distributed.active():  # the other ranks would train a trial's length in a trial's folder
+        console.print("the refit is not trained under torchrun; run `afina refit SPEC` in one process to train it")
+        return None
+    try:
+        best = pick(study, spec, number)
+    except UserError as e:
+        if number is not None:
+            raise
+        console.print(f"no refit yet: {e}")  # the sweep's own trials stand
+        return None
+    old, me = state(study), resume.worker_id()
+    if old.get("state") == "COMPLETE" and old.get("of") == best.number and old.get("steps") == steps:
+        return old
+    if old.get("state") == "RUNNING" and _alive(old, spec.search.heartbeat) and old.get("worker") != me:
+        console.print(f"the refit of trial {old['of']} is running on {old['worker']}; this worker leaves it there")
+        return None
+    root = Path(spec.tracking.checkpoint_dir) / ctx.study_name
+    if old and (old.get("of"), old.get("steps")) != (best.number, steps):
+        shutil.rmtree(root / f"refit-{old.get('of')}", ignore_errors=True)  # another winner or length: nothing to resume
+    _close_dead(c, study, ctx.experiment_id)
+    record = {"of": best.number, "of_run_id": study_mod.run_id(best, study), "steps": steps, "state": "RUNNING", "worker": me}
+    study.set_user_attr(ATTR, record | {"beat": time.time()})
+    if state(study).get("worker") != me:  # another worker claimed it at the same moment: the last writer keeps it
+        return None
+    trained = best.user_attrs.get(schedule.STEPS, "?")
+    console.print(f"refit of trial {best.number}: its configuration for {steps} steps (the trial trained {trained})")
+
+    refit_spec = spec.model_copy(deep=True)
+    refit_spec.train = {**spec.train, "max_steps": steps}
+    params = {**best.params, **({"train.max_steps": steps} if "train.max_steps" in best.params else {})}
+    fixed = optuna.trial.FixedTrial(params, best.number)
+    beat = {"last": time.monotonic(), "tagged": False}
+
+    def step(done: int, total: int) -> None:
+        """The refit's heartbeat (other workers leave a live refit alone) and its tags, once its run exists."""
+        if not beat["tagged"] and fixed.user_attrs.get("mlflow_run_id"):
+            _tag(c, fixed.user_attrs["mlflow_run_id"], record)
+            beat["tagged"] = True
+        if spec.search.heartbeat and time.monotonic() - beat["last"] >= spec.search.heartbeat:
+            study.set_user_attr(ATTR, record | {"run_id": fixed.user_attrs.get("mlflow_run_id", ""), "beat": time.time()})
+            beat["last"] = time.monotonic()
+        if on_step:
+            on_step(done, total)
+
+    try:
+        values = trial_mod.run(dataclasses.replace(ctx, spec=refit_spec), fixed, step, role="refit")
+    except KeyboardInterrupt:
+        study.set_user_attr(ATTR, record | {"state": "INTERRUPTED", "run_id": fixed.user_attrs.get("mlflow_run_id", "")})
+        raise
+    except Exception as e:  # the sweep's trials stand; the refit is tried again next time
+        study.set_user_attr(ATTR, record | {"state": "FAIL", "reason": f"{type(e).__name__}: {e}"[:500]})
+        console.print(f"[yellow]refit failed[/]: {type(e).__name__}: {e} (run `afina sweep` or `afina refit` again to retry)")
+        return None
+    run_id = fixed.user_attrs["mlflow_run_id"]
+    _tag(c, run_id, record)
+    done = record | {
+        "state": "COMPLETE",
+        "run_id": run_id,
+        "values": list(values) if isinstance(values, list) else [values],
+        "results": fixed.user_attrs.get("results", {}),
+        "resumed_from": fixed.user_attrs.get("resumed_from", ""),
+        "n": sizes(spec, len(ctx.prepared.eval), ctx.prompts),
+    }
+    study.set_user_attr(ATTR, done)
+    if ctx.parent_id:
+        c.set_tag(ctx.parent_id, f"{tracking.TAG}refit_run_id", run_id)
+        c.set_tag(ctx.parent_id, f"{tracking.TAG}refit_of", str(best.number))
+    console.print(summary(study) or "")
+    return done
+
+
+def summary(study: optuna.Study) -> str | None:
+    """One line on the refit against the trial it came from, or None before it completed."""
+    r = state(study)
+    if r.get("state") != "COMPLETE":
+        return f"refit of trial {r['of']}: {r['state'].lower()}" if r else None
+    trial = next((t for t in study_mod.done(study) if t.number == r["of"]), None)
+    name = study_mod.objectives(study)[0]
+    vs = f" vs the trial's {trial.values[0]:.4g} ({r['values'][0] - trial.values[0]:+.4g})" if trial is not None else ""
+    return f"refit of trial {r['of']} ({r['steps']} steps, run {r['run_id'][:12]}): {name} {r['values'][0]:.4g}{vs}"
+
+
+def sizes(spec: Spec, n_eval: int, prompts: list[dict]) -> dict[str, int]:
+    """How many rows each result is measured on: eval rows for losses, prompts (with a reference if needed) otherwise."""
+    with_ref = sum(1 for p in prompts if p.get("reference"))
+    out = {k: n_eval for k in ("eval_loss", "train_loss")}
+    for m in metrics.for_spec(spec, prompts) if prompts else []:
+        out[m.name] = with_ref if m.needs_reference else len(prompts)
+    if spec.evaluate.judge and prompts:
+        out["judge"] = len(prompts)
+    return out
+
+
+# --- promotion ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Refit:
+    """The refit as a promotion candidate: the trial's number and params, the refit's run and values."""
+
+    number: int
+    values: list[float]
+    params: dict[str, Any]
+    user_attrs: dict[str, Any]
+    record: dict[str, Any]
+    state: Any = None
+
+
+def prefer(study: optuna.Study, spec: Spec, trial, console):
+    """The refit of `trial` when it beats the trial on the objective, else the trial itself."""
+    r, index = state(study), objective_index(study, spec)
+    if r.get("state") != "COMPLETE" or r.get("of") != trial.number or index is None:
+        return trial
+    name = study_mod.objectives(study)[index]
+    mine, theirs = r["values"][index], trial.values[index]
+    if study_mod.kept_refit(study, trial, index):
+        console.print(
+            f"the refit of trial {trial.number} ({r['steps']} steps): {name} {mine:.4g} beats the trial's {theirs:.4g}; it is the candidate"
+        )
+        return Refit(
+            trial.number, list(r["values"]), dict(trial.params), {**trial.user_attrs, "mlflow_run_id": r["run_id"]}, r, trial.state
+        )
+    console.print(
+        f"the refit of trial {trial.number}: {name} {mine:.4g} does not beat the trial's {theirs:.4g}; the trial is the candidate"
+    )
+    return trial
+
+
+def lineage(candidate) -> dict[str, str]:
+    """Extra version tags when the candidate is a refit: its run and the trial (and run) it came from."""
+    if not isinstance(candidate, Refit):
+        return {f"{tracking.TAG}source": "trial"}
+    r = candidate.record
+    return {
+        f"{tracking.TAG}source": "refit",
+        f"{tracking.TAG}refit_run_id": r["run_id"],
+        f"{tracking.TAG}refit_of": str(r["of"]),
+        f"{tracking.TAG}refit_of_run_id": r.get("of_run_id", ""),
+        f"{tracking.TAG}refit_steps": str(r["steps"]),
+    }
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def _tag(c, run_id: str, record: dict) -> None:
+    c.set_tag(run_id, f"{tracking.TAG}refit_of", str(record["of"]))
+    c.set_tag(run_id, f"{tracking.TAG}refit_of_run_id", record["of_run_id"])
+    c.set_tag(run_id, f"{tracking.TAG}steps", str(record["steps"]))
+    c.set_tag(
+        run_id,
+        "mlflow.note.content",
+        f"Refit of trial {record['of']}: its configuration trained for {record['steps']} steps, the rest of the sweep's budget.",
+    )
+
+
+def _alive(record: dict, heartbeat: int | None) -> bool:
+    """Whether the worker holding the refit still lives: its process on this host, else a fresh heartbeat."""
+    host, _, pid = str(record.get("worker", "")).rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return bool(heartbeat) and time.time() - float(record.get("beat", 0)) < 3 * heartbeat
+
+
+def _close_dead(c, study: optuna.Study, experiment_id: str) -> None:
+    """Refit runs left RUNNING by a killed worker are closed as FAILED; the new attempt resumes their checkpoint."""
+    if not experiment_id:
+        return
+    for run in study_mod.runs_by_role(c, study, "refit", [experiment_id]):
+        if run.info.status == "RUNNING":
+            tracking.finish(c, run.info.run_id, "FAIL", "its worker stopped (killed or interrupted); the refit is resumed in a new run")
