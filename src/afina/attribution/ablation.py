@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from afina import UserError, tracking
 from afina.attribution import data_section, verdicts
 from afina.evaluation import metrics
+from afina.search import study as study_mod
 
 if TYPE_CHECKING:
     from afina.spec.schema import Spec
@@ -54,13 +55,12 @@ def completed(spec: Spec, study) -> list[tuple[dict, float, int]]:
 
 
 def best_trial(spec: Spec, study) -> tuple[dict, int]:
-    i, name = objective(spec)
-    done = [(p, v, n) for p, v, n in completed(spec, study) if math.isfinite(v)]
-    if not done:
+    """(params, number) of the best COMPLETE trial on `objective`. Not winner_refit.pick: a multi-objective study
+    without promote.objective is ablated on its first objective instead of refused."""
+    best = study_mod.best(study, objective(spec)[0])
+    if best is None:
         raise UserError(f"study {spec.name!r} has no completed trial to ablate; run `afina sweep` first")
-    sign = 1 if spec.search.directions[i] == "minimize" else -1
-    params, _, number = min(done, key=lambda d: (sign * d[1], d[2]))
-    return params, number
+    return best.params, best.number
 
 
 def arms(spec: Spec, params: dict) -> tuple[list[Arm], list[str]]:
@@ -121,13 +121,13 @@ def _done(ctx: TrialContext) -> dict[tuple[str, str, str, str], tuple[str, dict]
     """Finished ablation runs under this parent: (arm, seed, steps, from_trial) -> (run id, results)."""
     found = ctx.client.search_runs(
         [ctx.experiment_id],
-        filter_string=f"tags.`{tracking.TAG}role` = 'ablation' and tags.`mlflow.parentRunId` = '{ctx.parent_id}'",
+        filter_string=f"tags.`{tracking.ROLE}` = 'ablation' and tags.`{tracking.PARENT}` = '{ctx.parent_id}'",
         max_results=5000,
     )
     out = {}
     for r in found:
         t = r.data.tags
-        if t.get(f"{tracking.TAG}state") == "COMPLETE" and f"{tracking.TAG}results" in t:
+        if t.get(tracking.STATE) == "COMPLETE" and f"{tracking.TAG}results" in t:
             results = json.loads(t[f"{tracking.TAG}results"])
             key = tuple(t.get(f"{tracking.TAG}{k}", "") for k in ("arm", "seed", "steps", "from_trial"))
             out[key] = (r.info.run_id, results)

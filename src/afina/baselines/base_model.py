@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from afina import models, tracking
 from afina.evaluation import metrics, textgen
 from afina.search import study as study_mod
+from afina.tracking import samples
 from afina.training import device, distributed
 
 if TYPE_CHECKING:
@@ -36,11 +37,11 @@ def run(ctx: TrialContext, study: optuna.Study, console=None) -> dict | None:
         ctx.experiment_id,
         run_name="baseline",
         tags={
-            "mlflow.parentRunId": ctx.parent_id,
+            tracking.PARENT: ctx.parent_id,
             tracking.ROLE: "baseline",
-            f"{tracking.TAG}study": ctx.study_name,
-            f"{tracking.TAG}state": "RUNNING",
-            "mlflow.note.content": "The untouched base model on the same eval set and prompts as every trial.",
+            tracking.STUDY: ctx.study_name,
+            tracking.STATE: "RUNNING",
+            tracking.NOTE: "The untouched base model on the same eval set and prompts as every trial.",
             # an evaluation run: MLflow's runs table opens its parent (the sweep) expanded, showing the trials
             "mlflow.runType": "evaluation",
         },
@@ -63,7 +64,7 @@ def run(ctx: TrialContext, study: optuna.Study, console=None) -> dict | None:
                     "output": outputs,
                     **columns,
                 },
-                "samples.json",
+                samples.NAME,
             )
         for name in spec.evaluate.combine:  # only the combinations the base model has every part of
             try:

@@ -14,8 +14,6 @@ of the best trial to it on the objective and every generation metric, each with 
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -23,6 +21,7 @@ from afina import tracking
 from afina.evaluation import metrics
 from afina.search import budget
 from afina.search import study as study_mod
+from afina.training import resume
 
 if TYPE_CHECKING:
     import optuna
@@ -42,7 +41,8 @@ KEPT = (
     "dataset_kwargs",
     "seed",
 )
-SKIP = study_mod.NOT_ANSWERS
+SKIP = metrics.TRAINING  # results that do not measure the answers
+CLAIM = "reference_claim"  # study user attr: {steps, worker, beat} of the worker training the reference
 
 # The documented learning rate of each method. TRL's SFTConfig default (2e-5) is its rate for full
 # fine-tuning; TRL's PEFT docs train LoRA at 2e-4 ("~10x the full fine-tuning rate"). Everything else
@@ -84,14 +84,16 @@ def run(ctx: TrialContext, study: optuna.Study, console=None) -> dict | None:
     done = study.user_attrs.get("reference") or {}
     if spent <= 0 or (done.get("steps") == spent and done.get("run_id")):
         return done or None
-    if not _claim(study, spent):
+    claim = _claim(study, spent, spec.search.heartbeat)
+    if claim is None:
         return None
     earlier = study.user_attrs.get("references", [])  # runs for smaller budgets, before n_trials was raised
     stand_in = optuna.trial.FixedTrial({}, number=len(earlier))  # never pruned, nothing to resume
+    beat = resume.pulse(study, CLAIM, claim, spec.search.heartbeat)  # other workers leave a live reference run alone
     try:
-        trial.run(dataclasses.replace(ctx, spec=default_spec(spec, spent)), stand_in, role="reference")
+        trial.run(dataclasses.replace(ctx, spec=default_spec(spec, spent)), stand_in, lambda done, total: beat(), role="reference")
     except Exception as e:  # trial.run has closed the run as FAILED with its reason
-        study.set_user_attr("reference_claim", {})
+        study.set_user_attr(CLAIM, {})
         if console is not None:
             console.print(f"[yellow]reference run failed[/]: {type(e).__name__}: {e} (run `afina sweep` again to retry it)")
         return None
@@ -101,7 +103,7 @@ def run(ctx: TrialContext, study: optuna.Study, console=None) -> dict | None:
         f"One run with TRL's default settings (PEFT's for LoRA) at {spec.model.method}'s documented learning rate {lr:g}, "
         f"trained for the {spent} steps the sweep spent."
     )
-    ctx.client.set_tag(run_id, "mlflow.note.content", note)
+    ctx.client.set_tag(run_id, tracking.NOTE, note)
     record = {"run_id": run_id, "steps": spent, "results": stand_in.user_attrs["results"], "n": counts(spec, ctx.prepared, ctx.prompts)}
     study.set_user_attr("reference", record)
     study.set_user_attr("references", [*earlier, run_id])
@@ -109,27 +111,15 @@ def run(ctx: TrialContext, study: optuna.Study, console=None) -> dict | None:
     return record
 
 
-def _claim(study, steps: int) -> bool:
-    """One worker runs the reference: a claim for these steps by a live process elsewhere is left alone."""
-    me = f"{socket.gethostname()}:{os.getpid()}"
-    claim = study.user_attrs.get("reference_claim") or {}
-    if claim.get("steps") == steps and claim.get("worker") != me and _alive(claim.get("worker", "")):
-        return False
-    study.set_user_attr("reference_claim", {"steps": steps, "worker": me, "at": time.time()})
-    return True
-
-
-def _alive(worker: str) -> bool:
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname():
-        return True  # another machine's worker: trust its claim
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
+def _claim(study, steps: int, heartbeat: int | None) -> dict | None:
+    """One worker runs the reference: a claim for these steps by a live worker elsewhere is left alone (None)."""
+    me, old = resume.worker_id(), study.user_attrs.get(CLAIM) or {}
+    holder = old.get("worker", "")
+    if old.get("steps") == steps and holder != me and resume.alive(holder, old.get("beat"), heartbeat):
+        return None
+    claim = {"steps": steps, "worker": me}
+    study.set_user_attr(CLAIM, claim | {"beat": time.time()})
+    return claim
 
 
 def counts(spec: Spec, prepared, prompts: list[dict]) -> dict[str, int]:

@@ -12,10 +12,7 @@ the verdict says so. A sweep that lost is reported as lost.
 
 from __future__ import annotations
 
-import json
 import math
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from afina import tracking
@@ -23,6 +20,7 @@ from afina.evaluation import metrics
 from afina.search import budget, winner_refit
 from afina.search import study as study_mod
 from afina.spec.trained import sense
+from afina.tracking import samples
 
 if TYPE_CHECKING:
     import optuna
@@ -41,13 +39,12 @@ def reference(study: optuna.Study) -> dict[str, Any]:
 
 def sweep_model(study: optuna.Study, spec: Spec) -> tuple[str, dict[str, float], str] | None:
     """(label, results, run id) of the sweep's model: the refit if it beats its trial, else the best trial."""
-    index = winner_refit.objective_index(study, spec) or 0
-    best = study_mod.best(study, index)
-    if best is None:
+    found = winner_refit.winner(study, winner_refit.objective_index(study, spec) or 0)  # no promote.objective: the first
+    if found is None:
         return None
-    r, sign = winner_refit.state(study), study_mod.signs(study)[index]
-    if r.get("state") == "COMPLETE" and r.get("of") == best.number and sign * r["values"][index] < sign * best.values[index]:
-        return f"refit of trial {best.number}", dict(r["results"]), r["run_id"]
+    best, refit = found
+    if refit:
+        return f"refit of trial {best.number}", dict(refit["results"]), refit["run_id"]
     return f"trial {best.number}", dict(best.user_attrs.get("results") or {}), study_mod.run_id(best, study)
 
 
@@ -132,6 +129,15 @@ def headline(v: dict) -> str:
     return f"no: the sweep's model ({v['model']}, {steps}) did NOT beat one default run of equal compute on {on}"
 
 
+def record_quietly(spec: Spec, study: optuna.Study, c, parent_id: str, console) -> None:
+    """record() once the default run or the refit exists (the sweep's and the refit's last step): the verdict is
+    computed here, once, and the report, status and descriptions only read it. A problem is printed, never fatal."""
+    try:
+        record(spec, study, c, parent_id)
+    except Exception as e:  # a reading of finished runs: the sweep's own results stand without it
+        console.print(f"[yellow]did-it-pay verdict not computed[/]: {tracking.redact(f'{type(e).__name__}: {e}')}")
+
+
 def lines(study: optuna.Study) -> list[str]:
     """The refit line and the verdict, for `afina status` and the end of a sweep."""
     out = [s] if (s := winner_refit.summary(study)) else []
@@ -178,15 +184,9 @@ def html(study: optuna.Study) -> str:
 
 
 def _scores(c, run_id: str) -> dict[str, dict[str, Any]]:
-    """{metric: {prompt: score}} from a run's samples table."""
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            table = json.loads(Path(c.download_artifacts(run_id, "samples.json", tmp)).read_text(encoding="utf-8"))
-    except Exception:  # no samples (no prompts): no per-prompt scores
-        return {}
-    cols = table["columns"]
-    prompts = [row[cols.index("prompt")] for row in table["data"]]
-    return {name: dict(zip(prompts, (row[i] for row in table["data"]), strict=True)) for i, name in enumerate(cols)}
+    """{metric: {prompt: score}} from a run's samples table ({} without one: no per-prompt scores)."""
+    table = samples.read(c, run_id)
+    return {name: dict(zip(table["prompt"], column, strict=True)) for name, column in table.items()}
 
 
 def _paired_se(a: dict, b: dict, name: str) -> tuple[float | None, int]:

@@ -13,11 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from afina import UserError, models
+from afina import UserError, models, tracking
 from afina.evaluation import judge, metrics, textgen
 from afina.models import loader
 from afina.reporting import report
 from afina.search import study as study_mod
+from afina.tracking import samples
 
 if TYPE_CHECKING:
     import optuna
@@ -32,7 +33,7 @@ def contenders(spec: Spec, study: optuna.Study, c, top: int) -> list[tuple[str, 
     out += [(f"trial {r['number']}", r["run_id"]) for r in done[:top]]
     try:
         mv = c.get_model_version_by_alias(spec.model_name, spec.promote.alias)
-        trained = mv.tags.get("afina.run_id") or mv.run_id  # the trial's run (the model is logged from the promotion run)
+        trained = mv.tags.get(tracking.RUN_ID) or mv.run_id  # the trial's run (the model is logged from the promotion run)
         if trained:
             out.append((f"@{spec.promote.alias} v{mv.version}", trained))
     except Exception:  # nothing registered yet
@@ -41,7 +42,7 @@ def contenders(spec: Spec, study: optuna.Study, c, top: int) -> list[tuple[str, 
 
 
 def answers(spec: Spec, c, label: str, run_id: str | None, prompts: list[dict]) -> list[str]:
-    stored = report.samples(c, run_id) if run_id else {}
+    stored = samples.answers(c, run_id) if run_id else {}
     if all(p["prompt"] in stored for p in prompts):
         return [stored[p["prompt"]] for p in prompts]
     model, tok = _load(spec, c, label, run_id)

@@ -23,7 +23,7 @@ from afina.promotion import pyfunc, registry
 from afina.reporting import run_descriptions
 from afina.search import study as study_mod
 from afina.search import winner_refit
-from afina.tracking import logs, spool
+from afina.tracking import logs, samples, spool
 
 if TYPE_CHECKING:
     import optuna
@@ -33,32 +33,7 @@ if TYPE_CHECKING:
 NOISE = 1e-6  # float noise: identical weights loaded two ways must not count as "better"
 
 
-# ---------------------------------------------------------------- selection
-
-
-def select(study: optuna.Study, spec: Spec, number: int | None):
-    """The trial to promote: `number`, or the best COMPLETE one by the study's objective."""
-    trials = study.get_trials(deepcopy=False)
-    if number is not None:
-        match = [t for t in trials if t.number == number]
-        if not match:
-            raise UserError(f"study {study.study_name!r} has no trial {number} (trials 0-{len(trials) - 1}); see `afina status`")
-        if match[0].state.name != "COMPLETE":
-            raise UserError(f"trial {number} is {match[0].state.name}; only COMPLETE trials can be promoted")
-        return match[0]
-    if not study_mod.done(study):
-        raise UserError(f"study {study.study_name!r} has no COMPLETE trial yet; run `afina sweep` until one finishes")
-    index = 0
-    if len(study.directions) > 1:
-        names = study_mod.objectives(study)
-        if not spec.promote.objective:
-            raise UserError(
-                f"study {study.study_name!r} has {len(names)} objectives; pass --trial N or set promote.objective to one of {names}"
-            )
-        if spec.promote.objective not in names:
-            raise UserError(f"promote.objective {spec.promote.objective!r} is not an objective of the study; use one of {names}")
-        index = names.index(spec.promote.objective)
-    return study_mod.best(study, index)
+# ---------------------------------------------------------------- the promotion set
 
 
 def promotion_set(spec: Spec) -> list[chat_rows.Row]:
@@ -83,7 +58,7 @@ def run(spec: Spec, console, number: int | None = None, force: bool = False, mer
     tracking.check_url(spec.tracking.optuna_storage, "optuna_storage")
     study = study_mod.open(spec)
     c = study_mod.reader(spec.tracking.mlflow_uri)
-    trial = winner_refit.prefer(study, spec, select(study, spec, number), console)  # its refit, when that beats it
+    trial = winner_refit.prefer(study, spec, winner_refit.pick(study, spec, number, "promote"), console)  # its refit, when that beats it
     run_id = study_mod.run_id(trial, study)
     if run_id.startswith(spool.OFFLINE):
         raise UserError(f"trial {trial.number}'s MLflow records are still kept locally (the server was down); run `afina sync` first")
@@ -101,8 +76,8 @@ def run(spec: Spec, console, number: int | None = None, force: bool = False, mer
     set_print = chat_rows.fingerprint(rows)
     name, alias = spec.model_name, spec.promote.alias
     champion = registry.by_alias(c, name, alias)
-    same = champion is not None and champion.tags.get("afina.run_id") == run_id
-    if same and not force and (not merge or champion.tags.get("afina.format") == "merged"):
+    same = champion is not None and champion.tags.get(tracking.RUN_ID) == run_id
+    if same and not force and (not merge or champion.tags.get(tracking.FORMAT) == "merged"):
         console.print(f"trial {trial.number} is already @{alias} ({name} v{champion.version}); nothing to do")
         return True
 
@@ -123,22 +98,27 @@ def run(spec: Spec, console, number: int | None = None, force: bool = False, mer
         decision = "promoted" if better else "forced" if force else "refused"
         _report(console, gate_metric, trial, cand, champ, champion, alias, set_print, len(rows), spec.promote.margin, decision)
         gate_tags = {  # the decision first: the order MLflow is given them
-            "afina.gate.decision": decision,
-            "afina.gate.metric": gate_metric,
-            "afina.gate.score": f"{cand:.6g}",
-            "afina.gate.champion_score": "none" if champ is None else f"{champ:.6g}",
-            "afina.gate.set_fingerprint": set_print,
+            tracking.GATE_DECISION: decision,
+            tracking.GATE_METRIC: gate_metric,
+            tracking.GATE_SCORE: f"{cand:.6g}",
+            tracking.GATE_CHAMPION_SCORE: "none" if champ is None else f"{champ:.6g}",
+            tracking.GATE_SET_FINGERPRINT: set_print,
         }
         exp_id = source.info.experiment_id
         promo_id = _log_promotion(c, exp_id, spec, trial, run_id, champion, gate_tags, cand, champ, len(rows))
-        tracking.copy_table(c, run_id, promo_id, "samples.json")  # the candidate's answers, in the Evaluation view
+        samples.copy(c, run_id, promo_id)  # the candidate's answers, in the Evaluation view
         if decision == "refused":
             return False
         # The model is logged from the promotion run, so its page lists the registered version;
         # afina.run_id and the description lead back to the trial that trained it.
         info = pyfunc.log(cand_dir, promo_id, exp_id)
         meta = loader.read_meta(cand_dir)
-        tags = {**gate_tags, **_lineage(study, trial, source, meta), **winner_refit.lineage(trial), "afina.promotion_run": promo_id}
+        tags = {
+            **gate_tags,
+            **_lineage(study, trial, source, meta),
+            **winner_refit.lineage(trial),
+            f"{tracking.TAG}promotion_run": promo_id,
+        }
         version = mlflow.register_model(info.model_uri, name, tags=tags)
     c.update_registered_model(name, description=run_descriptions.model_note(name, study.study_name, alias))
     c.update_model_version(
@@ -151,14 +131,14 @@ def run(spec: Spec, console, number: int | None = None, force: bool = False, mer
     if champion is not None:
         c.set_registered_model_alias(name, registry.previous_alias(alias), champion.version)
     c.set_registered_model_alias(name, alias, version.version)  # one update: @champion is never missing
-    c.set_tag(promo_id, "afina.version", str(version.version))
+    c.set_tag(promo_id, f"{tracking.TAG}version", str(version.version))
     c.set_tag(
         promo_id,
         tracking.NOTE,
         run_descriptions.promotion_note(gate_tags, len(rows), trial.number, exp_id, run_id, champion)
         + f"\n\nRegistered as `{name}` v{version.version} @{alias}.",
     )
-    c.set_tag(run_id, "afina.registered", f"{name}/{version.version}")
+    c.set_tag(run_id, f"{tracking.TAG}registered", f"{name}/{version.version}")
     _rereport(spec, study, c, console)
     moved = f"; @{registry.previous_alias(alias)} → v{champion.version}" if champion is not None else ""
     console.print(f"{name} v{version.version} ({meta['format']}) is now @{alias}{moved}  ·  models:/{name}@{alias}")
@@ -200,24 +180,24 @@ def package(ckpt: Path, out: Path, spec: Spec, merge: bool) -> Path:
 def _lineage(study: optuna.Study, trial, source, meta: dict) -> dict[str, str]:
     objectives = study_mod.objectives(study)
     # The run keeps every param; the version carries what identifies it (the picks are in afina.params).
-    tags = {f"afina.objective.{o}": f"{v:.6g}" for o, v in zip(objectives, trial.values, strict=False)}
+    tags = {f"{tracking.TAG}objective.{o}": f"{v:.6g}" for o, v in zip(objectives, trial.values, strict=False)}
     tags |= {
-        "afina.study": study.study_name,
-        "afina.trial": str(trial.number),
-        "afina.run_id": source.info.run_id,
-        "afina.data_fingerprint": trial.user_attrs.get("data_fingerprint", ""),
-        "afina.slices": json.dumps(
+        tracking.STUDY: study.study_name,
+        tracking.TRIAL: str(trial.number),
+        tracking.RUN_ID: source.info.run_id,
+        tracking.DATA_FINGERPRINT: trial.user_attrs.get("data_fingerprint", ""),
+        f"{tracking.TAG}slices": json.dumps(
             {
                 k.removeprefix("rows."): int(v)
                 for k, v in source.data.params.items()
                 if k.startswith("rows.") and k not in ("rows.train", "rows.eval")
             }
         ),
-        "afina.params": json.dumps(trial.params, default=str),
-        "afina.base_model": meta.get("base", ""),
-        "afina.base_sha256": meta.get("base_sha256", ""),
-        "afina.format": meta["format"],
-        "afina.checkpoint": f"runs:/{source.info.run_id}/checkpoint",
+        f"{tracking.TAG}params": json.dumps(trial.params, default=str),
+        f"{tracking.TAG}base_model": meta.get("base", ""),
+        f"{tracking.TAG}base_sha256": meta.get("base_sha256", ""),
+        tracking.FORMAT: meta["format"],
+        tracking.CHECKPOINT: f"runs:/{source.info.run_id}/checkpoint",
     }
     return {k: str(v)[:5000] for k, v in tags.items()}
 
@@ -230,12 +210,12 @@ def _log_promotion(
         run_name=f"promote-trial-{trial.number}",
         tags={
             tracking.ROLE: "promotion",
-            "afina.study": spec.name,
-            "afina.trial": str(trial.number),
-            "afina.candidate_run_id": run_id,
-            "afina.model_name": spec.model_name,
+            tracking.STUDY: spec.name,
+            tracking.TRIAL: str(trial.number),
+            f"{tracking.TAG}candidate_run_id": run_id,
+            f"{tracking.TAG}model_name": spec.model_name,
             **gate_tags,
-            "afina.champion_version": "none" if champion is None else str(champion.version),
+            f"{tracking.TAG}champion_version": "none" if champion is None else str(champion.version),
             tracking.NOTE: run_descriptions.promotion_note(gate_tags, n_rows, trial.number, experiment_id, run_id, champion),
         },
     )
@@ -244,8 +224,8 @@ def _log_promotion(
         c,
         rid,
         {
-            "metric": gate_tags["afina.gate.metric"],
-            "set_fingerprint": gate_tags["afina.gate.set_fingerprint"],
+            "metric": gate_tags[tracking.GATE_METRIC],
+            "set_fingerprint": gate_tags[tracking.GATE_SET_FINGERPRINT],
             "rows": n_rows,
             "margin": spec.promote.margin,
             "candidate_trial": trial.number,

@@ -49,7 +49,8 @@ def run(spec: Spec, console, number: int | None = None) -> dict | None:
         restore()
         c.settle()
     if done:  # the sweep's description now leads with the refit when promote will take it
-        spec_path = c.get_run(parent_id).data.tags.get(f"{tracking.TAG}spec", "SPEC")
+        payoff.record_quietly(spec, study, c, parent_id, console)  # the refit is now the sweep's model
+        spec_path = c.get_run(parent_id).data.tags.get(tracking.SPEC, "SPEC")
         run_descriptions.retell(c, study, spec, experiment_id, parent_id, spec_path, trials=False)
     report.refresh_quietly(spec, study, c, parent_id, console)
     for line in payoff.lines(study):

@@ -30,8 +30,8 @@ def run(name: str, tracking_uri: str, alias: str, reason: str, console) -> Any:
     c.set_registered_model_alias(name, prev_alias, current.version)
     when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record = json.dumps({"time": when, "from": str(current.version), "to": str(previous.version), "reason": reason}, ensure_ascii=False)
-    c.set_model_version_tag(name, current.version, "afina.rolled_back", record)
-    c.set_model_version_tag(name, previous.version, "afina.restored", record)
-    c.set_registered_model_tag(name, "afina.last_rollback", record)
+    c.set_model_version_tag(name, current.version, f"{tracking.TAG}rolled_back", record)
+    c.set_model_version_tag(name, previous.version, f"{tracking.TAG}restored", record)
+    c.set_registered_model_tag(name, f"{tracking.TAG}last_rollback", record)
     console.print(f"{name}: @{alias} v{current.version} → v{previous.version} ({reason}); @{prev_alias} is now v{current.version}")
     return previous

@@ -20,7 +20,7 @@ from afina.search import study as study_mod
 from afina.search.preflight import validate  # also `sweep.validate` for callers
 from afina.search.worker_loop import exclusive, finished, requeue_interrupted, surplus, work
 from afina.spec import defaults, space
-from afina.tracking import logs, spool
+from afina.tracking import logs, samples, spool
 from afina.training import distributed, schedule, stop
 from afina.training.context import TrialContext
 
@@ -84,7 +84,7 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
     stop.check_stop()
     base_model.run(ctx, study, console)  # once per study: the base model is every leaderboard's reference
     stop.check_stop()
-    ctx.base_answers = report.samples(c, study_mod.baseline(study)[1])  # beside each trial's answers
+    ctx.base_answers = samples.answers(c, study_mod.baseline(study)[1])  # beside each trial's answers
     done = finished(study)
     remaining = spec.search.n_trials - done
     if remaining <= 0:
@@ -150,6 +150,7 @@ def _run(spec: Spec, spec_path: str, console, progress: bool = True):
             else:
                 default_run.run(ctx, study, console)
             interrupted = stop.STOP.is_set()
+            payoff.record_quietly(spec, study, c, parent_id, console)  # the sweep's model vs the default run, once both exist
         if not interrupted:
             from afina.attribution import ablation
 

@@ -109,4 +109,4 @@ def log(report: Report, client, run_id: str) -> None:
     """The report as MLflow artifacts of a run (the sweep's parent run)."""
     client.log_text(run_id, report.to_json(), "check/report.json")
     client.log_text(run_id, report.to_markdown(), "check/report.md")
-    client.set_tag(run_id, f"{tracking.TAG}check", report.summary())
+    client.set_tag(run_id, tracking.CHECK, report.summary())

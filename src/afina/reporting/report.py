@@ -10,9 +10,7 @@ import base64
 import csv
 import html
 import io
-import json
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ from afina.baselines import payoff
 from afina.evaluation import metrics
 from afina.reporting import plots
 from afina.search import study as study_mod
+from afina.tracking import samples
 
 if TYPE_CHECKING:
     import optuna
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
     from afina.spec.schema import Spec
 
 _LAST: dict[str, tuple[float, float]] = {}  # parent run id -> (when the last refresh ended, how long it took)
-_SAMPLES: dict[str, dict[str, str]] = {}  # run id -> {prompt: output}; a finished run's samples never change
 
 
 def folder(spec: Spec) -> Path:
@@ -45,7 +43,6 @@ def path(spec: Spec) -> Path:
 
 def refresh(spec: Spec, study: optuna.Study, c, parent_id: str) -> Path:
     """Re-render plots, leaderboard and report, and log them to the sweep's parent run."""
-    payoff.record(spec, study, c, parent_id)  # the sweep's model vs a default run of equal compute, once both exist
     with tempfile.TemporaryDirectory() as tmp:
         pics = plots.render(study, Path(tmp) / "plots")
         if pics:
@@ -53,9 +50,10 @@ def refresh(spec: Spec, study: optuna.Study, c, parent_id: str) -> Path:
         board = leaderboard(study)
         (Path(tmp) / "leaderboard.csv").write_text(_csv(board), encoding="utf-8")
         c.log_artifact(parent_id, str(Path(tmp) / "leaderboard.csv"))
+        # the leaderboard's top trial, not winner_refit.winner: the refit is no row of the board, nor its table here
         winner = next((r for r in board if r["trial"] != "base" and r["state"].startswith("COMPLETE") and r["run_id"]), None)
         if winner:  # the Evaluation view's column for the sweep: its winner's answers
-            tracking.copy_table(c, winner["run_id"], parent_id, "samples.json")
+            samples.copy(c, winner["run_id"], parent_id)
         out = path(spec)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(render(spec, study, c, parent_id, board, [p for p in pics if p.suffix == ".png"]), encoding="utf-8")
@@ -140,25 +138,6 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def samples(c, run_id: str) -> dict[str, str]:
-    """{prompt: output} from a run's samples.json ({} when it has none)."""
-    if not run_id:
-        return {}
-    if run_id not in _SAMPLES:
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # quiet inside the sweep's display
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                table = json.loads(Path(c.download_artifacts(run_id, "samples.json", tmp)).read_text(encoding="utf-8"))
-        except Exception:  # no samples (failed run, no prompts): nothing to show
-            return {}
-        cols = table["columns"]
-        found = {row[cols.index("prompt")]: row[cols.index("output")] for row in table["data"]}
-        if c.get_run(run_id).info.status != "RUNNING":
-            _SAMPLES[run_id] = found
-        return found
-    return _SAMPLES[run_id]
-
-
 def table_html(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
@@ -199,12 +178,12 @@ def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict]
         )
     prompts = metrics.prompts(spec)
     trials = [r for r in board if r["trial"] not in ("base", "reference") and r["state"].startswith("COMPLETE")]
-    base_out = samples(c, study_mod.baseline(study)[1])
+    base_out = samples.answers(c, study_mod.baseline(study)[1])
     if prompts and trials:
-        best = trials[0]
-        best_out = samples(c, best["run_id"])
+        best = trials[0]  # the leaderboard's top trial (a multi-objective board sorts by each objective in turn)
+        best_out = samples.answers(c, best["run_id"])
         ref_id = (study.user_attrs.get("reference") or {}).get("run_id")
-        ref_out = samples(c, ref_id) if ref_id else {}
+        ref_out = samples.answers(c, ref_id) if ref_id else {}
         parts.append(f"<h2>Best trial ({best['trial']}) vs base model</h2>")
         parts.append(
             table_html(
@@ -221,7 +200,7 @@ def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict]
                 ],
             )
         )
-        outs = {r["trial"]: samples(c, r["run_id"]) for r in trials}
+        outs = {r["trial"]: samples.answers(c, r["run_id"]) for r in trials}
         parts.append(f"<details><summary><b>Every trial's answers</b> ({len(outs)} trials)</summary>")
         parts.append(
             table_html(
@@ -263,7 +242,7 @@ def _data_section(c, parent_id: str) -> str:
     run = c.get_run(parent_id)
     params = {k: v for k, v in sorted(run.data.params.items()) if k.startswith(("rows.", "data."))}
     out = "<h2>Data</h2>" + table_html(["param", "value"], [[k, v] for k, v in params.items()])
-    summary = run.data.tags.get(f"{tracking.TAG}check")
+    summary = run.data.tags.get(tracking.CHECK)
     if summary:
         out += f"<p>Data check: <b>{html.escape(summary)}</b></p>"
         try:
@@ -291,10 +270,10 @@ def _registry_section(spec: Spec, c) -> str:
             f"<h2>Registry</h2><p>No <code>@{html.escape(spec.promote.alias)}</code> yet: "
             "<code>afina promote</code> registers the best trial if it beats the champion.</p>"
         )
-    trial = mv.tags.get("afina.trial", "?")
+    tag = mv.tags.get
     return (
         f"<h2>Registry</h2><p><code>models:/{html.escape(spec.model_name)}@{html.escape(spec.promote.alias)}</code> is "
-        f"version {mv.version} (trial {html.escape(trial)}, gate {html.escape(mv.tags.get('afina.gate.decision', '?'))}: "
-        f"{html.escape(mv.tags.get('afina.gate.metric', ''))} {html.escape(mv.tags.get('afina.gate.score', ''))} vs champion "
-        f"{html.escape(mv.tags.get('afina.gate.champion_score', 'none'))}).</p>"
+        f"version {mv.version} (trial {html.escape(tag(tracking.TRIAL, '?'))}, gate {html.escape(tag(tracking.GATE_DECISION, '?'))}: "
+        f"{html.escape(tag(tracking.GATE_METRIC, ''))} {html.escape(tag(tracking.GATE_SCORE, ''))} vs champion "
+        f"{html.escape(tag(tracking.GATE_CHAMPION_SCORE, 'none'))}).</p>"
     )

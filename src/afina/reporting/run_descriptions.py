@@ -47,7 +47,7 @@ def link(experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
 
 def view_state(spec: Spec, headline: list[str]) -> dict[str, Any]:
     """Search facets + columns of the runs table: the headline metrics (metrics.headline), searched params."""
-    columns = [f"metrics.`{m}`" for m in headline] + [f"params.`{p}`" for p in spec.search.space] + ["tags.`afina.state`"]
+    columns = [f"metrics.`{m}`" for m in headline] + [f"params.`{p}`" for p in spec.search.space] + [f"tags.`{tracking.STATE}`"]
     shown = ["attributes.`Dataset`", "attributes.`Models`"]
     # the UI's column ids; without an order it puts the attribute columns first and metrics alphabetically
     order = ["attributes.`Run Name`", "runDateAndNestInfo", *columns, "duration", *shown]
@@ -79,6 +79,7 @@ def sweep_note(spec: Spec, study, experiment_id: str, spec_path: str, data_verdi
     `data_verdict` is the slice verdicts' summary once they exist; until then the note says so.
     """
     from afina.search import study as study_mod
+    from afina.search import winner_refit
 
     names = study.user_attrs.get("objectives") or spec.search.objectives
     trials = study.get_trials(deepcopy=False)
@@ -86,17 +87,16 @@ def sweep_note(spec: Spec, study, experiment_id: str, spec_path: str, data_verdi
     lines = []  # the winner first: MLflow shows a description's first lines and folds the rest
     base = study.user_attrs.get("baseline") or {}
     if len(study.directions) > 1:
-        front = _front(study)
+        front = study_mod.pareto(study)
         links = ", ".join(run_link(experiment_id, study_mod.run_id(t, study), f"trial {t.number}") for t in front)
         lines.append(f"Pareto front: {links or 'none yet'}")
     else:
-        best = _best(study)
-        if best is None:
+        found = winner_refit.winner(study)  # the model `afina promote` will register leads
+        if found is None:
             lines.append("Winner: none yet (no trial has completed).")
         else:
-            # the model `afina promote` will register leads: the refit when it beats its trial, else the trial
+            best, kept = found
             trial = run_link(experiment_id, study_mod.run_id(best, study), f"trial {best.number}")
-            kept = study_mod.kept_refit(study, best)
             value = kept["values"][0] if kept else best.values[0]
             who = run_link(experiment_id, kept["run_id"], f"refit of trial {best.number}") if kept else trial
             gain = f" · base model {_num(base[names[0]])}, gain {_signed(value - base[names[0]])}" if names[0] in base else ""
@@ -203,17 +203,17 @@ def tell_trial(c, study, t, experiment_id: str) -> None:
 
 
 def promotion_note(gate: dict[str, str], n_rows: int, trial_number: int, experiment_id: str, candidate_run: str, champion) -> str:
-    decision = gate["afina.gate.decision"]
+    decision = gate[tracking.GATE_DECISION]
     replaced = (
-        f"@champion was v{champion.version} ({gate['afina.gate.champion_score']})"
+        f"@champion was v{champion.version} ({gate[tracking.GATE_CHAMPION_SCORE]})"
         if champion is not None
         else "no champion yet (first promotion)"
     )
     return "\n\n".join(
         [
-            f"**Gate: {decision}** · {gate['afina.gate.metric']} on {n_rows} promotion rows "
-            f"(set `{gate['afina.gate.set_fingerprint']}`), lower is better",
-            f"Candidate: {run_link(experiment_id, candidate_run, f'trial {trial_number}')} scored {gate['afina.gate.score']} · {replaced}",
+            f"**Gate: {decision}** · {gate[tracking.GATE_METRIC]} on {n_rows} promotion rows "
+            f"(set `{gate[tracking.GATE_SET_FINGERPRINT]}`), lower is better",
+            f"Candidate: {run_link(experiment_id, candidate_run, f'trial {trial_number}')} scored {gate[tracking.GATE_SCORE]} · {replaced}",
         ]
     )
 
@@ -226,8 +226,8 @@ def version_note(
     )
     return "\n\n".join(
         [
-            f"**Gate: {gate['afina.gate.decision']}** · {gate['afina.gate.metric']} {gate['afina.gate.score']} vs champion "
-            f"{gate['afina.gate.champion_score']}, lower is better ({run_link(experiment_id, promo_id, 'promotion run')})",
+            f"**Gate: {gate[tracking.GATE_DECISION]}** · {gate[tracking.GATE_METRIC]} {gate[tracking.GATE_SCORE]} vs champion "
+            f"{gate[tracking.GATE_CHAMPION_SCORE]}, lower is better ({run_link(experiment_id, promo_id, 'promotion run')})",
             f"**{name} v{version}**: {what} over `{meta.get('base', '?')}`, "
             f"from {run_link(experiment_id, run_id, f'trial {trial_number}')} of study `{study_name}`.",
             "Load it with `afina generate models:/"
@@ -246,24 +246,12 @@ def model_note(name: str, study_name: str, alias: str) -> str:
 # ---------------------------------------------------------------- helpers
 
 
-def _best(study):
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
-
-
-def _front(study) -> list:
-    try:
-        return study.best_trials
-    except ValueError:
-        return []
-
-
 def _rank(study, t, names: list[str]) -> str:
     done = [x for x in study.get_trials(deepcopy=False) if x.state.name == "COMPLETE" and x.values]
     if len(study.directions) > 1:
-        return "on the Pareto front" if t.number in {x.number for x in _front(study)} else "not on the Pareto front"
+        from afina.search import study as study_mod
+
+        return "on the Pareto front" if t.number in {x.number for x in study_mod.pareto(study)} else "not on the Pareto front"
     sign = 1 if study.directions[0].name == "MINIMIZE" else -1
     order = sorted(done, key=lambda x: (sign * x.values[0], x.number))
     rank = next((i for i, x in enumerate(order, 1) if x.number == t.number), None)

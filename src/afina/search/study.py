@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from afina import UserError, tracking
-from afina.spec import space
+from afina.spec import metric_names, space
 from afina.tracking import spool, stores
 
 if TYPE_CHECKING:
@@ -173,16 +173,6 @@ def best(study: optuna.Study, index: int = 0):
     return min(trials, key=lambda t: (sign * t.values[index], t.number)) if trials else None
 
 
-def kept_refit(study: optuna.Study, trial, index: int = 0) -> dict | None:
-    """The refit of `trial` (the study's `refit` record) when it beats the trial on objective `index`: then it,
-    not the trial, is the model `afina promote` registers. None otherwise."""
-    r = study.user_attrs.get("refit") or {}
-    if r.get("state") != "COMPLETE" or r.get("of") != trial.number:
-        return None
-    sign = signs(study)[index]
-    return r if sign * r["values"][index] < sign * trial.values[index] else None
-
-
 def skipped(t) -> bool:
     """Trials that never trained: a draw that repeated an earlier trial's params (search/distinct.py), or a
     surplus one that lost the race for the last place in the budget."""
@@ -268,14 +258,12 @@ def runs_by_role(c, study: optuna.Study, role: str, experiment_ids: list[str]) -
     """The study's MLflow runs tagged afina.role=ROLE (trial, baseline, ...), newest first."""
     return c.search_runs(
         experiment_ids,
-        filter_string=f"tags.`{tracking.ROLE}` = '{role}' and tags.`{tracking.TAG}study` = '{study.study_name}'",
+        filter_string=f"tags.`{tracking.ROLE}` = '{role}' and tags.`{tracking.STUDY}` = '{study.study_name}'",
         order_by=["attributes.start_time DESC"],
     )
 
 
 # --- the default-run reference (baselines/default_run.py trains it) -------------------------------------------
-
-NOT_ANSWERS = {"train_loss", "train_runtime", "train_tokens"}  # results that do not measure the answers
 
 
 def reference_gaps(study: optuna.Study) -> list[dict]:
@@ -287,7 +275,7 @@ def reference_gaps(study: optuna.Study) -> list[dict]:
         return []
     mine = best_trial.user_attrs.get("results") or {}
     names = objectives(study)
-    names = [*names, *(k for k in sorted(ref["results"]) if k not in names and k not in NOT_ANSWERS)]
+    names = [*names, *(k for k in sorted(ref["results"]) if k not in names and k not in metric_names.TRAINING)]
     return [
         {
             "metric": k,

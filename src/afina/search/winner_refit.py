@@ -16,9 +16,7 @@ refit leaves its checkpoints in `<checkpoint_dir>/<study>/refit-N`, and the next
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-import socket
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,23 +44,43 @@ def objective_index(study: optuna.Study, spec: Spec) -> int | None:
     return names.index(spec.promote.objective) if spec.promote.objective in names else None
 
 
-def pick(study: optuna.Study, spec: Spec, number: int | None = None):
-    """The trial whose configuration is refitted: `number`, else the best COMPLETE one."""
+def pick(study: optuna.Study, spec: Spec, number: int | None = None, command: str = "refit"):
+    """The trial `afina refit` and `afina promote` start from: `number`, else the winner, the best COMPLETE trial
+    on the objective that picks it (objective_index). `command` names the one to rerun with --trial N."""
+    trials = study.get_trials(deepcopy=False)
     if number is not None:
-        match = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-        if not match or match[0].state.name != "COMPLETE":
-            raise UserError(f"trial {number} is not a COMPLETE trial of study {study.study_name!r}; see `afina status`")
+        match = [t for t in trials if t.number == number]
+        if not match:
+            raise UserError(f"study {study.study_name!r} has no trial {number} (trials 0-{len(trials) - 1}); see `afina status`")
+        if match[0].state.name != "COMPLETE":
+            raise UserError(f"trial {number} is {match[0].state.name}, not COMPLETE; see `afina status`")
         return match[0]
+    if not study_mod.done(study):
+        raise UserError(f"study {study.study_name!r} has no COMPLETE trial yet; run `afina sweep` until one finishes")
     index = objective_index(study, spec)
     if index is None:
         raise UserError(
             f"study {study.study_name!r} has objectives {study_mod.objectives(study)}; "
-            "set promote.objective or run `afina refit SPEC --trial N`"
+            f"set promote.objective or run `afina {command} SPEC --trial N`"
         )
+    return study_mod.best(study, index)
+
+
+def winner(study: optuna.Study, index: int = 0) -> tuple[Any, dict | None] | None:
+    """The sweep's model on objective `index`, as `afina promote` takes it: (the best COMPLETE trial, its refit's
+    record when the refit beats it, else None); None before any trial completed."""
     best = study_mod.best(study, index)
-    if best is None:
-        raise UserError(f"study {study.study_name!r} has no COMPLETE trial to refit; run `afina sweep` until one finishes")
-    return best
+    return None if best is None else (best, kept_refit(study, best, index))
+
+
+def kept_refit(study: optuna.Study, trial, index: int = 0) -> dict | None:
+    """The refit of `trial` when it beats the trial on objective `index`: then it, not the trial, is the model
+    `afina promote` registers. None otherwise."""
+    r = state(study)
+    if r.get("state") != "COMPLETE" or r.get("of") != trial.number:
+        return None
+    sign = study_mod.signs(study)[index]
+    return r if sign * r["values"][index] < sign * trial.values[index] else None
 
 
 def state(study: optuna.Study) -> dict[str, Any]:
@@ -94,7 +112,8 @@ def run(ctx: TrialContext, study: optuna.Study, console, on_step=None, number: i
     old, me = state(study), resume.worker_id()
     if old.get("state") == "COMPLETE" and old.get("of") == best.number and old.get("steps") == steps:
         return old
-    if old.get("state") == "RUNNING" and _alive(old, spec.search.heartbeat) and old.get("worker") != me:
+    holder = old.get("worker", "")
+    if old.get("state") == "RUNNING" and holder != me and resume.alive(holder, old.get("beat"), spec.search.heartbeat):
         console.print(f"the refit of trial {old['of']} is running on {old['worker']}; this worker leaves it there")
         return None
     root = Path(spec.tracking.checkpoint_dir) / ctx.study_name
@@ -112,16 +131,15 @@ def run(ctx: TrialContext, study: optuna.Study, console, on_step=None, number: i
     refit_spec.train = {**spec.train, "max_steps": steps}
     params = {**best.params, **({"train.max_steps": steps} if "train.max_steps" in best.params else {})}
     fixed = optuna.trial.FixedTrial(params, best.number)
-    beat = {"last": time.monotonic(), "tagged": False}
+    beat, tagged = resume.pulse(study, ATTR, record, spec.search.heartbeat), False
 
     def step(done: int, total: int) -> None:
         """The refit's heartbeat (other workers leave a live refit alone) and its tags, once its run exists."""
-        if not beat["tagged"] and fixed.user_attrs.get("mlflow_run_id"):
+        nonlocal tagged
+        if not tagged and fixed.user_attrs.get("mlflow_run_id"):
             _tag(c, fixed.user_attrs["mlflow_run_id"], record)
-            beat["tagged"] = True
-        if spec.search.heartbeat and time.monotonic() - beat["last"] >= spec.search.heartbeat:
-            study.set_user_attr(ATTR, record | {"run_id": fixed.user_attrs.get("mlflow_run_id", ""), "beat": time.time()})
-            beat["last"] = time.monotonic()
+            tagged = True
+        beat(run_id=fixed.user_attrs.get("mlflow_run_id", ""))
         if on_step:
             on_step(done, total)
 
@@ -146,8 +164,8 @@ def run(ctx: TrialContext, study: optuna.Study, console, on_step=None, number: i
     }
     study.set_user_attr(ATTR, done)
     if ctx.parent_id:
-        c.set_tag(ctx.parent_id, f"{tracking.TAG}refit_run_id", run_id)
-        c.set_tag(ctx.parent_id, f"{tracking.TAG}refit_of", str(best.number))
+        c.set_tag(ctx.parent_id, tracking.REFIT_RUN_ID, run_id)
+        c.set_tag(ctx.parent_id, tracking.REFIT_OF, str(best.number))
     console.print(summary(study) or "")
     return done
 
@@ -196,7 +214,7 @@ def prefer(study: optuna.Study, spec: Spec, trial, console):
         return trial
     name = study_mod.objectives(study)[index]
     mine, theirs = r["values"][index], trial.values[index]
-    if study_mod.kept_refit(study, trial, index):
+    if kept_refit(study, trial, index):
         console.print(
             f"the refit of trial {trial.number} ({r['steps']} steps): {name} {mine:.4g} beats the trial's {theirs:.4g}; it is the candidate"
         )
@@ -216,9 +234,9 @@ def lineage(candidate) -> dict[str, str]:
     r = candidate.record
     return {
         f"{tracking.TAG}source": "refit",
-        f"{tracking.TAG}refit_run_id": r["run_id"],
-        f"{tracking.TAG}refit_of": str(r["of"]),
-        f"{tracking.TAG}refit_of_run_id": r.get("of_run_id", ""),
+        tracking.REFIT_RUN_ID: r["run_id"],
+        tracking.REFIT_OF: str(r["of"]),
+        tracking.REFIT_OF_RUN_ID: r.get("of_run_id", ""),
         f"{tracking.TAG}refit_steps": str(r["steps"]),
     }
 
@@ -227,28 +245,14 @@ def lineage(candidate) -> dict[str, str]:
 
 
 def _tag(c, run_id: str, record: dict) -> None:
-    c.set_tag(run_id, f"{tracking.TAG}refit_of", str(record["of"]))
-    c.set_tag(run_id, f"{tracking.TAG}refit_of_run_id", record["of_run_id"])
+    c.set_tag(run_id, tracking.REFIT_OF, str(record["of"]))
+    c.set_tag(run_id, tracking.REFIT_OF_RUN_ID, record["of_run_id"])
     c.set_tag(run_id, f"{tracking.TAG}steps", str(record["steps"]))
     c.set_tag(
         run_id,
-        "mlflow.note.content",
+        tracking.NOTE,
         f"Refit of trial {record['of']}: its configuration trained for {record['steps']} steps, the rest of the sweep's budget.",
     )
-
-
-def _alive(record: dict, heartbeat: int | None) -> bool:
-    """Whether the worker holding the refit still lives: its process on this host, else a fresh heartbeat."""
-    host, _, pid = str(record.get("worker", "")).rpartition(":")
-    if host == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return bool(heartbeat) and time.time() - float(record.get("beat", 0)) < 3 * heartbeat
 
 
 def _close_dead(c, study: optuna.Study, experiment_id: str) -> None:

@@ -9,59 +9,38 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from afina import UserError
+from afina.tracking.redaction import SECRET_KEY, mask, redact, scrub  # noqa: F401 - callers say tracking.redact
 
 if TYPE_CHECKING:
     from afina.spec.schema import Spec
 
+# Tag names: the ones written or read in more than one place live here (users and tests filter on them).
 TAG = "afina."  # prefix of every tag afina writes
 NOTE = "mlflow.note.content"  # a run's description in the UI
+PARENT = "mlflow.parentRunId"  # a child run's sweep run
 ROLE = f"{TAG}role"  # trial | baseline | sweep | promotion | ...: what a run is
-
-
-# A URL inside any text: scheme://... up to whitespace, a quote or a bracket.
-_URL = re.compile(r"""\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>`]+""")
-_SECRET_QUERY = re.compile(
-    r"(?i)([?&;][^=&#\s]*(?:passw|pwd|token|secret|api_?key|apikey|credential|signature|sig\b|auth)[^=&#\s]*=)[^&#\s]*"
-)
-_SECRET_PAIR = re.compile(r"(?i)\b((?:password|passwd|pwd|api_?key|token|secret)\s*=\s*)(?!\*\*\*)[^\s&;,'\")]+")
-
-
-def redact(text: str) -> str:
-    """Hide credentials in any text before it is printed or written: the password of every URL in it
-    (database URLs and HTTP ones alike, including passwords with / or @ and `http://:token@host`),
-    secret-named query parameters (?password=, ?token=, ?api_key=, ...) and `password=...` pairs."""
-    if not isinstance(text, str) or ("://" not in text and "=" not in text):
-        return text
-    return _SECRET_PAIR.sub(r"\1***", _URL.sub(lambda m: _redact_url(m.group(0)), text))
-
-
-def _redact_url(url: str) -> str:
-    """One URL. The user info ends at the LAST @ before the query: hosts never contain @, while raw
-    passwords may (SQLAlchemy's make_url and urlsplit both split at the first one, or at a /, and leak the rest)."""
-    scheme, _, rest = url.partition("://")
-    head, sep, query = rest.partition("?")
-    at = head.rfind("@")
-    if at >= 0:
-        user, colon, _ = head[:at].partition(":")
-        head = f"{user}:***@{head[at + 1 :]}" if colon else head
-    query = _SECRET_QUERY.sub(r"\1***", "?" + query)[1:] if sep else query
-    return f"{scheme}://{head}{sep}{query}"
-
-
-SECRET_KEY = re.compile(r"token|passw|secret|api_?key|credential", re.I)
-
-
-def mask(key: str, value: Any) -> Any:
-    """A secret-named field's value becomes ***; passwords inside URLs are hidden everywhere."""
-    if SECRET_KEY.search(key) and value not in (None, ""):
-        return "***"
-    return redact(value) if isinstance(value, str) else value
+STUDY = f"{TAG}study"
+TRIAL = f"{TAG}trial"  # the trial's number
+STATE = f"{TAG}state"  # COMPLETE | PRUNED | FAIL | RUNNING: finer than MLflow's status
+SPEC = f"{TAG}spec"  # on the sweep's run: the spec file that ran it
+CHECK = f"{TAG}check"  # on the sweep's run: `afina check`'s summary
+CHECKPOINT = f"{TAG}checkpoint"
+DATA_FINGERPRINT = f"{TAG}data_fingerprint"
+REFIT_OF = f"{TAG}refit_of"  # the trial a refit retrains
+REFIT_OF_RUN_ID = f"{TAG}refit_of_run_id"
+REFIT_RUN_ID = f"{TAG}refit_run_id"
+RUN_ID = f"{TAG}run_id"  # on a model version: the run that trained it
+FORMAT = f"{TAG}format"  # on a model version: adapter | full | merged
+GATE_DECISION = f"{TAG}gate.decision"  # the promotion gate's: promoted | forced | refused
+GATE_METRIC = f"{TAG}gate.metric"
+GATE_SCORE = f"{TAG}gate.score"
+GATE_CHAMPION_SCORE = f"{TAG}gate.champion_score"
+GATE_SET_FINGERPRINT = f"{TAG}gate.set_fingerprint"
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -154,9 +133,9 @@ def parent_run(c, experiment_id: str, study, spec: Spec, spec_path: str) -> str:
         run_name=f"sweep-{spec.name}",
         tags={
             ROLE: "sweep",
-            f"{TAG}study": study.study_name,
-            f"{TAG}spec": spec_path,
-            "mlflow.note.content": redact(spec.description) or f"afina sweep of {spec.name}",
+            STUDY: study.study_name,
+            SPEC: spec_path,
+            NOTE: redact(spec.description) or f"afina sweep of {spec.name}",
         },
     )
     study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
@@ -182,11 +161,11 @@ def child_run(c, experiment_id: str, parent_id: str, study_name: str, number: in
         experiment_id,
         run_name=f"{role}-{number}",
         tags={
-            "mlflow.parentRunId": parent_id,
+            PARENT: parent_id,
             ROLE: role,
-            f"{TAG}study": study_name,
-            f"{TAG}trial": str(number),
-            f"{TAG}state": "RUNNING",
+            STUDY: study_name,
+            TRIAL: str(number),
+            STATE: "RUNNING",
             **placement(),
         },
     )
@@ -245,7 +224,7 @@ def log_steps(c, run_id: str, rows: list[tuple[int, int, dict[str, float]]], syn
 def finish(c, run_id: str, state: str, reason: str | None = None) -> None:
     """Close a trial run: afina.state says COMPLETE/PRUNED/FAIL; MLflow status follows."""
     status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}.get(state, "KILLED")
-    c.set_tag(run_id, f"{TAG}state", state)
+    c.set_tag(run_id, STATE, state)
     if reason:
         c.set_tag(run_id, f"{TAG}reason", redact(reason)[:4000])
     c.set_terminated(run_id, status=status)
@@ -254,15 +233,6 @@ def finish(c, run_id: str, state: str, reason: str | None = None) -> None:
 def _short(v: Any) -> str:
     s = v if isinstance(v, str) else json.dumps(v, default=str)
     return s if len(s) <= 6000 else s[:5997] + "..."
-
-
-def scrub(value: Any, key: str = "") -> Any:
-    """A nested structure with secret-named values masked and every string redacted."""
-    if isinstance(value, dict):
-        return {k: scrub(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub(v, key) for v in value]
-    return mask(key, value)
 
 
 def dump_spec(spec: Spec, overrides: dict[str, Any] | None = None) -> str:
@@ -297,22 +267,3 @@ def log_datasets(c, run_id: str, spec: Spec, prepared, counts: dict[str, int] | 
         c.log_inputs(run_id, datasets=inputs)
     except Exception:
         pass
-
-
-def copy_table(c, src_run: str, dst_run: str, name: str) -> bool:
-    """A run's logged table (at the artifact root) onto another run, replacing any earlier copy; False without one.
-
-    Not `log_table`, which appends to an existing table; the tag it sets is what MLflow's Evaluation view reads.
-    """
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = c.download_artifacts(src_run, name, tmp)
-        except Exception:  # no such table (a failed trial, no prompts)
-            return False
-        c.log_artifact(dst_run, local)
-    logged = json.loads(c.get_run(dst_run).data.tags.get("mlflow.loggedArtifacts", "[]"))
-    if {"path": name, "type": "table"} not in logged:
-        c.set_tag(dst_run, "mlflow.loggedArtifacts", json.dumps([*logged, {"path": name, "type": "table"}]))
-    return True

@@ -1,8 +1,12 @@
-"""Dead and interrupted trials: which checkpoint a retried or requeued trial continues from."""
+"""Dead and interrupted trials: which checkpoint a retried or requeued trial continues from; whether the worker
+holding a claimed job still lives."""
 
 from __future__ import annotations
 
 import os
+import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,6 +63,40 @@ def latest(*folders: Path) -> Path | None:
 
 
 def worker_id() -> str:
-    import socket
-
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# --- a job one worker claims in the study (the refit, the reference run) --------------------------------------
+
+
+def alive(worker: str, beat: float | None, heartbeat: int | None) -> bool:
+    """Whether the worker (`host:pid`) holding a claim still lives: its process when it runs on this host,
+    else a heartbeat (`beat`, a time.time()) newer than 3 intervals.
+
+    The one rule for every claim: a claim from another machine needs a fresh heartbeat. Trusting it without
+    one (the reference run's old rule) would leave the job of a worker that died there claimed for ever.
+    """
+    host, _, pid = worker.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process: it exists
+            return True
+        return True
+    return bool(heartbeat) and time.time() - float(beat or 0) < 3 * heartbeat
+
+
+def pulse(study, attr: str, record: dict, heartbeat: int | None) -> Callable[..., None]:
+    """The heartbeat of the claim in the study's user attr `attr`, to call as the job runs: at most once per
+    `heartbeat` seconds it rewrites the claim as `record` (plus the fields given) with a fresh `beat`."""
+    last = time.monotonic()
+
+    def beat(**fields) -> None:
+        nonlocal last
+        if heartbeat and time.monotonic() - last >= heartbeat:
+            study.set_user_attr(attr, record | fields | {"beat": time.time()})
+            last = time.monotonic()
+
+    return beat

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from afina import UserError, models, tracking
 from afina.data import token_cache
 from afina.evaluation import metrics, textgen
+from afina.tracking import samples
 from afina.training import device, distributed, schedule
 from afina.training.callback import Watch
 
@@ -189,7 +190,7 @@ def _keep_checkpoint(spec: Spec, trainer, tok, c, run_id, workdir: Path, trial) 
         if p.suffix.lower() in PICKLES:
             p.unlink()
     c.log_artifacts(run_id, str(best), "checkpoint")
-    c.set_tag(run_id, f"{tracking.TAG}checkpoint", "checkpoint")
+    c.set_tag(run_id, tracking.CHECKPOINT, "checkpoint")
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -211,5 +212,5 @@ def _samples(spec: Spec, model, tok, c, run_id: str, prompts: list[dict], base_a
         "output": outputs,
     }
     scores, columns = metrics.evaluate(spec, prompts, outputs)
-    c.log_table(run_id, {**table, **columns}, "samples.json")  # through the client: kept during an outage
+    c.log_table(run_id, {**table, **columns}, samples.NAME)  # through the client: kept during an outage
     return scores

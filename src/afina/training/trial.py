@@ -64,7 +64,7 @@ def run(ctx: TrialContext, trial, on_step: Callable[[int, int], None] | None = N
                 "model.method": spec.model.method,
             },
         )
-        c.set_tag(run_id, f"{tracking.TAG}data_fingerprint", data_print)
+        c.set_tag(run_id, tracking.DATA_FINGERPRINT, data_print)
         c.set_tag(run_id, f"{tracking.TAG}searched", ", ".join(params) or "none")
         c.set_tag(run_id, tracking.NOTE, running_note(trial.number, params))
         tracking.log_datasets(c, run_id, spec, prepared, counts)
