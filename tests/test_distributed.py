@@ -108,7 +108,7 @@ def test_sweep_under_torchrun_trains_every_trial_on_both_ranks(project):
     trials = study.get_trials()
     assert len(trials) == 3 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
     assert sum(t.state.name == "COMPLETE" for t in trials) >= 1
-    c = MlflowClient("sqlite:///mlruns/mlflow.db")
+    c = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")  # absolute: MLflow caches a store per URI
     exp = c.get_experiment_by_name("tiny")
     children = c.search_runs([exp.experiment_id], "tags.`afina.role` = 'trial'")
     assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs["mlflow_run_id"] for t in trials)  # rank 1 logged nothing

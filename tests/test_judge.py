@@ -221,7 +221,7 @@ def test_local_model_judge_in_a_sweep(project, cli):
     assert t.state.name == "COMPLETE", t.user_attrs
     r = t.user_attrs["results"]
     assert r["judge_unparsed"] == 1 and r["judge"] == 7.0, r  # 3 prompts: "7", "7" and one reply without a score
-    c = MlflowClient("sqlite:///mlruns/mlflow.db")
+    c = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")  # absolute: MLflow caches a store per URI
     table = json.loads(Path(c.download_artifacts(t.user_attrs["mlflow_run_id"], "samples.json", str(project))).read_text())
     rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
     assert [(row["judge_reply"], row["judge"]) for row in rows] == [("7", 7.0), ("7", 7.0), ("x", None)]

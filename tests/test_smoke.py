@@ -17,7 +17,7 @@ def test_tiny_sweep_runs(project, cli):
     assert "tiny · 3 trials" in out
     study = optuna.load_study(study_name="tiny", storage="sqlite:///mlruns/optuna.db")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    c = MlflowClient("sqlite:///mlruns/mlflow.db")
+    c = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")  # absolute: MLflow caches a store per URI, across tests
     for t in study.trials:
         run = c.get_run(t.user_attrs["mlflow_run_id"])
         assert run.info.status == "FINISHED" and run.data.metrics["best_eval_loss"] == pytest.approx(t.value)

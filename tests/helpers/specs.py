@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # tests/helpers/ -> the repo
 
 
 TIENDA = ROOT / "experiments" / "data" / "tienda"
