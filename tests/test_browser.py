@@ -162,6 +162,17 @@ def test_ui_link_descriptions_evaluation_and_gate(store, tmp_path):
                 expect(page.get_by_text("Winner:").first).to_be_visible()
                 expect(page.get_by_text(re.compile(r"2 trials: \d complete")).first).to_be_visible()
                 page.screenshot(path=shots / "2-sweep.png")
+                # the description's link to the winning trial opens that trial in the model-training layout, whose
+                # navigation has the runs and models; the GenAI layout's (traces, judges) must not show
+                href = page.get_by_role("link", name=re.compile(r"^trial \d$")).first.get_attribute("href")
+                assert re.search(rf"#/experiments/{exp}/runs/[0-9a-f]{{32}}\?workflowType=machine_learning$", href), href
+                page.goto(f"{url}/{href[href.index('#') :]}")  # where the link leads (a click does not move this page in MLflow 3.17)
+                expect(page.get_by_text("Searched picks:").first).to_be_visible()
+                expect(page.get_by_role("link", name="Models", exact=True).first).to_be_visible()
+                expect(page.get_by_text("Judges", exact=True)).to_have_count(0)
+                page.screenshot(path=shots / "2b-trial-by-link.png")
+                page.goto(f"{url}/{href[href.index('#') : href.index('?')]}")  # control: without the parameter, MLflow's GenAI layout
+                expect(page.get_by_text("Judges", exact=True).first).to_be_visible()
                 page.goto(f"{url}/#/experiments/{exp}/runs/{trial.info.run_id}?workflowType=machine_learning")
                 expect(page.get_by_text("Searched picks:").first).to_be_visible()
                 expect(page.get_by_text(re.compile(r"rank \d of 2 completed by chrf")).first).to_be_visible()
