@@ -23,7 +23,7 @@ before each trial of the start-up, a choice of a searched slice that no trial ha
 - Queued only when nothing else waits: requeued interrupted trials and heartbeat retries run first
   (resume order), and two workers rarely queue the same pick (a duplicate pick costs one trial).
   A queued trial skips the duplicate-draw guard (search/distinct.py) and goes first in the surplus
-  tie-break (sweep_work.surplus), as every enqueued trial does.
+  tie-break (worker_loop.surplus), as every enqueued trial does.
 
 The trial's user attribute `design_pick` lists the keys it fixed, so a reader knows why it has them.
 """
