@@ -25,9 +25,13 @@ from typing import TYPE_CHECKING, Any
 from afina import UserError, tracking
 from afina.attribution import data_section, verdicts
 from afina.evaluation import metrics
+from afina.search import records
 from afina.search import study as study_mod
 
 if TYPE_CHECKING:
+    import optuna
+    from mlflow import MlflowClient
+
     from afina.spec.schema import Spec
     from afina.training.context import TrialContext
 
@@ -204,7 +208,8 @@ def across_trials(spec: Spec, study) -> dict:
     i, obj = objective(spec)
     trials = [(p, v) for p, v, _ in completed(spec, study)]
     sense = spec.search.directions[i]
-    noise = ((study.user_attrs.get("verdicts") or {}).get("ablation") or {}).get("noise", {}).get(obj, {}).get("sd")
+    kept = records.load(study, records.Verdicts)
+    noise = ((kept and kept.ablation) or {}).get("noise", {}).get(obj, {}).get("sd")
     out: dict[str, Any] = {"objective": obj, "regression": None, "mixture": None}
     if verdicts.slice_keys(spec.search.space) and trials:
         out["regression"] = verdicts.regression(trials, spec.search.space, obj, sense, noise)
@@ -213,17 +218,18 @@ def across_trials(spec: Spec, study) -> dict:
     return out
 
 
-def record(spec: Spec, study, c, parent_id: str | None, summary: dict) -> dict:
+def record(spec: Spec, study: optuna.Study, c: MlflowClient, parent_id: str | None, summary: records.Verdicts | dict) -> records.Verdicts:
     """Keep the summary on the study (status reads it from there) and on the sweep's parent run."""
-    study.set_user_attr("verdicts", summary)
+    summary = records.parse(records.Verdicts, summary) or records.Verdicts()
+    records.save(study, summary)
     if not parent_id:
         return summary
-    rows = [{"source": "ablation", **r} for r in (summary.get("ablation") or {}).get("rows", [])]
-    rows += [{"source": "regression", "slice": k, **e} for k, e in ((summary.get("regression") or {}).get("effects") or {}).items()]
+    rows = [{"source": "ablation", **r} for r in (summary.ablation or {}).get("rows", [])]
+    rows += [{"source": "regression", "slice": k, **e} for k, e in ((summary.regression or {}).get("effects") or {}).items()]
     if rows:
         cols = list(dict.fromkeys(k for r in rows for k in r))
         c.log_dict(parent_id, {"columns": cols, "data": [[r.get(k) for k in cols] for r in rows]}, "verdicts.json")
-    c.log_dict(parent_id, json.loads(json.dumps(summary, default=str)), "verdicts-summary.json")
+    c.log_dict(parent_id, json.loads(json.dumps(records.stored(summary), default=str)), "verdicts-summary.json")
     return summary
 
 
@@ -235,20 +241,20 @@ def refresh(
     seeds: int | None = None,
     steps: int | None = None,
     spec_path: str = "SPEC",
-) -> dict:
+) -> records.Verdicts:
     """The regression always; the ablation when asked (or when the spec's search.ablate says so). Records both."""
     spec, cfg = ctx.spec, ctx.spec.search.ablate
     ablate = cfg is not None if ablate is None else ablate
     seeds = seeds or (cfg.seeds if cfg else 3)
     steps = steps or (cfg.steps if cfg else None)
-    summary = {**(study.user_attrs.get("verdicts") or {}), "spec_path": spec_path}
+    summary = dataclasses.replace(records.load(study, records.Verdicts) or records.Verdicts(), spec_path=spec_path)
     if ablate:
         cmd = f"afina ablate {spec_path} --seeds {seeds}" + (f" --steps {steps}" if steps else "")
-        summary["ablation"] = run(ctx, study, seeds, steps, console, cmd)
-        study.set_user_attr("verdicts", summary)  # the regression's noise floor comes from the ablation
-    elif not summary.get("ablation"):
-        summary["plan"] = deciding_run(spec, study, spec_path)
-    summary |= across_trials(spec, study)
+        summary.ablation = run(ctx, study, seeds, steps, console, cmd)
+        records.save(study, summary)  # the regression's noise floor comes from the ablation
+    elif not summary.ablation:
+        summary.plan = deciding_run(spec, study, spec_path)
+    summary = dataclasses.replace(summary, **across_trials(spec, study))
     return record(spec, study, ctx.client, ctx.parent_id, summary)
 
 
@@ -279,7 +285,7 @@ def after_sweep(ctx: TrialContext, study, console, spec_path: str) -> None:
     except UserError as e:
         console.print(f"[yellow]no verdicts[/]: {e}")
         return
-    except Exception as e:
+    except Exception as e:  # a reading of finished trials: the sweep's results stand without it
         console.print(f"[yellow]verdicts not computed[/]: {type(e).__name__}: {e}")
         return
     data_section.render(console, summary, spec_path)

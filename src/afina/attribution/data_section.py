@@ -1,4 +1,4 @@
-"""The "What your data did" section, written from the study's `verdicts` attribute (see attribution/ablation.py):
+"""The "What your data did" section, written from the study's verdicts record (search/records.py):
 plain lines for the terminal (status, sweep, ablate), the report and the sweep run's description,
 and the contenders of `afina compare --slices`."""
 
@@ -7,14 +7,15 @@ from __future__ import annotations
 import math
 
 from afina.attribution.verdicts import Effect
+from afina.search import records
 
 
-def lines(summary: dict | None, spec_path: str | None = None) -> list[str]:
-    """The "What your data did" section as plain lines, from the study's `verdicts` attribute."""
-    summary = summary or {}
-    spec_path = spec_path or summary.get("spec_path") or "SPEC"
+def lines(summary: records.Verdicts | dict | None, spec_path: str | None = None) -> list[str]:
+    """The "What your data did" section as plain lines, from the study's verdicts record."""
+    v = records.parse(records.Verdicts, summary) or records.Verdicts()
+    spec_path = spec_path or v.spec_path or "SPEC"
     out = []
-    abl, reg, mix = summary.get("ablation"), summary.get("regression"), summary.get("mixture")
+    abl, reg, mix = v.ablation, v.regression, v.mixture
     if abl:
         noise = abl["noise"].get(abl["objective"]) or {}
         floor = (
@@ -53,12 +54,12 @@ def lines(summary: dict | None, spec_path: str | None = None) -> list[str]:
             )
             out.append(
                 f"Predicted best mixture (RegMix; {mix['model']}, n={mix['n']}): {shown}; predicted "
-                f"{summary.get('objective', 'objective')} {mix['predicted']:.4g} "
+                f"{v.objective or 'objective'} {mix['predicted']:.4g} "
                 f"vs {mix['predicted_at_best_trial']:.4g} at the best trial's mixture"
             )
         else:
             out.append(f"Predicted best mixture: too few trials (n={mix['n']}, need {mix['need']})")
-    if not abl and (plan := summary.get("plan")):
+    if not abl and (plan := v.plan):
         cost = (
             f"{plan['runs']} runs of {plan['steps']} steps, the compute of about {plan['trials']} trials"
             if plan["steps"]
@@ -85,7 +86,7 @@ def _row_text(r: dict, short: bool = False) -> str:
     return e.text()
 
 
-def render(console, summary: dict | None, spec_path: str | None = None) -> None:
+def render(console, summary: records.Verdicts | dict | None, spec_path: str | None = None) -> None:
     """The section in the terminal (status, sweep, ablate); nothing when there is nothing to say."""
     found = lines(summary, spec_path)
     if found:
@@ -96,7 +97,7 @@ def render(console, summary: dict | None, spec_path: str | None = None) -> None:
             console.print(escape(line))
 
 
-def html_section(summary: dict | None, spec_path: str | None = None) -> str:
+def html_section(summary: records.Verdicts | dict | None, spec_path: str | None = None) -> str:
     import html
 
     found = lines(summary, spec_path)
@@ -105,9 +106,9 @@ def html_section(summary: dict | None, spec_path: str | None = None) -> str:
     return "<h2>What your data did</h2><ul>" + "".join(f"<li>{html.escape(line.strip())}</li>" for line in found) + "</ul>"
 
 
-def slice_contenders(summary: dict | None, baseline_run_id: str | None) -> list[tuple[str, str | None]]:
+def slice_contenders(summary: records.Verdicts | None, baseline_run_id: str | None) -> list[tuple[str, str | None]]:
     """`afina compare --slices`: the base model, the best configuration as found, and each slice toggled (first seed)."""
-    abl = (summary or {}).get("ablation") or {}
+    abl = (summary and summary.ablation) or {}
     first = str(abl.get("seeds", [""])[0])
     runs = {tuple(k.split("|")): v for k, v in abl.get("runs", {}).items()}
     out: list[tuple[str, str | None]] = [("base", baseline_run_id)]

@@ -74,7 +74,7 @@ def run(ctx: TrialContext, study: optuna.Study, console=None) -> dict | None:
         tracking.log_params(c, run_id, {"model.ref": spec.model.ref, "rows.eval": len(prepared.eval)})
         tracking.log_metrics(c, run_id, {**results, "best_eval_loss": results["eval_loss"]}, 0, synchronous=True)  # the trials' column
         tracking.log_datasets(c, run_id, spec, prepared)
-    except Exception as e:
+    except Exception as e:  # the run keeps the traceback; the sweep goes on without the base model's row
         c.log_text(run_id, traceback.format_exc(), "error.txt")
         tracking.finish(c, run_id, "FAIL", f"{type(e).__name__}: {e}")
         if console is not None:

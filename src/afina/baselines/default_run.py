@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING
 
 from afina import tracking
 from afina.evaluation import metrics
-from afina.search import budget
+from afina.search import budget, records
 from afina.search import study as study_mod
 from afina.training import resume
 
 if TYPE_CHECKING:
     import optuna
+    from mlflow import MlflowClient
 
     from afina.spec.schema import Spec
     from afina.training.context import TrialContext
@@ -71,7 +72,7 @@ def default_spec(spec: Spec, steps: int) -> Spec:
     return spec.model_copy(update={"train": train, "lora": {}, "search": spec.search.model_copy(update={"space": {}})})
 
 
-def run(ctx: TrialContext, study: optuna.Study, console=None) -> dict | None:
+def run(ctx: TrialContext, study: optuna.Study, console=None) -> records.Reference | None:
     """The reference run for the steps the sweep has spent, once per study and budget; None when off or failed."""
     import optuna
 
@@ -81,9 +82,9 @@ def run(ctx: TrialContext, study: optuna.Study, console=None) -> dict | None:
     if not spec.baseline.default_run:
         return None
     spent = record_spent(study)
-    done = study.user_attrs.get("reference") or {}
-    if spent <= 0 or (done.get("steps") == spent and done.get("run_id")):
-        return done or None
+    done = records.load(study, records.Reference)
+    if spent <= 0 or (done and done.steps == spent and done.run_id):
+        return done
     claim = _claim(study, spent, spec.search.heartbeat)
     if claim is None:
         return None
@@ -104,8 +105,8 @@ def run(ctx: TrialContext, study: optuna.Study, console=None) -> dict | None:
         f"trained for the {spent} steps the sweep spent."
     )
     ctx.client.set_tag(run_id, tracking.NOTE, note)
-    record = {"run_id": run_id, "steps": spent, "results": stand_in.user_attrs["results"], "n": counts(spec, ctx.prepared, ctx.prompts)}
-    study.set_user_attr("reference", record)
+    record = records.Reference(run_id, spent, stand_in.user_attrs["results"], counts(spec, ctx.prepared, ctx.prompts))
+    records.save(study, record)
     study.set_user_attr("references", [*earlier, run_id])
     log_gaps(ctx.client, ctx.parent_id, study, record)
     return record
@@ -133,10 +134,10 @@ def counts(spec: Spec, prepared, prompts: list[dict]) -> dict[str, int]:
     return out
 
 
-def log_gaps(c, parent_id: str, study, record: dict) -> None:
+def log_gaps(c: MlflowClient, parent_id: str, study: optuna.Study, record: records.Reference) -> None:
     """The parent run: the reference's run id and steps as tags, its results and the best trial's gaps as metrics."""
-    c.set_tag(parent_id, f"{tracking.TAG}reference_run_id", record["run_id"])
-    c.set_tag(parent_id, f"{tracking.TAG}steps_spent", str(record["steps"]))
-    values = {f"reference_{k}": v for k, v in record["results"].items() if k not in SKIP}
+    c.set_tag(parent_id, f"{tracking.TAG}reference_run_id", record.run_id)
+    c.set_tag(parent_id, f"{tracking.TAG}steps_spent", str(record.steps))
+    values = {f"reference_{k}": v for k, v in record.results.items() if k not in SKIP}
     values |= {f"gap_vs_reference_{g['metric']}": g["gap"] for g in study_mod.reference_gaps(study)}
-    tracking.log_metrics(c, parent_id, values, record["steps"], synchronous=True)
+    tracking.log_metrics(c, parent_id, values, record.steps, synchronous=True)

@@ -279,7 +279,7 @@ def main() -> None:
             sys.exit(code)
     except SystemExit:
         raise
-    except BaseException as e:
+    except BaseException as e:  # options.exit_code maps the errors afina knows to exit codes; the rest propagate
         if (code := options.exit_code(e)) is None:
             raise
         sys.exit(code)

@@ -17,16 +17,18 @@ from afina import UserError, models, tracking
 from afina.evaluation import judge, metrics, textgen
 from afina.models import loader
 from afina.reporting import report
+from afina.search import records
 from afina.search import study as study_mod
 from afina.tracking import samples
 
 if TYPE_CHECKING:
     import optuna
+    from mlflow import MlflowClient
 
     from afina.spec.schema import Spec
 
 
-def contenders(spec: Spec, study: optuna.Study, c, top: int) -> list[tuple[str, str | None]]:
+def contenders(spec: Spec, study: optuna.Study, c: MlflowClient, top: int) -> list[tuple[str, str | None]]:
     """(label, MLflow run id) for base, the top-K completed trials and the @champion."""
     out: list[tuple[str, str | None]] = [("base", study_mod.baseline(study)[1] or None)]
     done = [r for r in study_mod.rows(study) if r["state"] == "COMPLETE" and r["run_id"]]
@@ -41,7 +43,7 @@ def contenders(spec: Spec, study: optuna.Study, c, top: int) -> list[tuple[str, 
     return out
 
 
-def answers(spec: Spec, c, label: str, run_id: str | None, prompts: list[dict]) -> list[str]:
+def answers(spec: Spec, c: MlflowClient, label: str, run_id: str | None, prompts: list[dict]) -> list[str]:
     stored = samples.answers(c, run_id) if run_id else {}
     if all(p["prompt"] in stored for p in prompts):
         return [stored[p["prompt"]] for p in prompts]
@@ -50,14 +52,14 @@ def answers(spec: Spec, c, label: str, run_id: str | None, prompts: list[dict]) 
     return [stored.get(p["prompt"], fresh[p["prompt"]]) for p in prompts]
 
 
-def _load(spec: Spec, c, label: str, run_id: str | None):
+def _load(spec: Spec, c: MlflowClient, label: str, run_id: str | None):
     if label == "base" or not run_id:
         base_dir = models.resolve(spec.model.ref)
         return models.load_model(base_dir, spec.model.trust_remote_code), models.load_tokenizer(base_dir, spec.model.trust_remote_code)
     tmp = tempfile.mkdtemp(prefix="afina-compare-")
     try:
         ckpt = Path(c.download_artifacts(run_id, "checkpoint", tmp))
-    except Exception:
+    except Exception:  # MLflow raises several kinds for a missing artifact; the one line says what is wrong
         raise UserError(f"{label}: run {run_id} has no checkpoint/ artifact to answer new prompts with") from None
     base, trust = loader.trained_on(ckpt, spec)  # the base the trial was trained on, as promote uses
     tok = models.load_tokenizer(ckpt, trust)
@@ -107,7 +109,7 @@ def run(spec: Spec, console, top: int = 3, use_judge: bool = False, slices: bool
     if slices:  # base, the best configuration, and it with each slice toggled (the ablation's first seed)
         from afina.attribution import data_section
 
-        who = data_section.slice_contenders(study.user_attrs.get("verdicts"), study_mod.baseline(study)[1])
+        who = data_section.slice_contenders(records.load(study, records.Verdicts), study_mod.baseline(study)[1])
         if len(who) < 3:
             raise UserError("--slices needs an ablation: run `afina ablate SPEC` first (or set search.ablate: true)")
     else:

@@ -27,6 +27,7 @@ from afina.tracking import logs, samples, spool
 
 if TYPE_CHECKING:
     import optuna
+    from mlflow import MlflowClient
 
     from afina.spec.schema import Spec
 
@@ -64,7 +65,7 @@ def run(spec: Spec, console, number: int | None = None, force: bool = False, mer
         raise UserError(f"trial {trial.number}'s MLflow records are still kept locally (the server was down); run `afina sync` first")
     try:
         source = c.get_run(run_id) if run_id else None
-    except Exception:
+    except Exception:  # a deleted run, or another store's id: the one line below says so
         source = None
     if source is None:
         raise UserError(f"trial {trial.number} has no MLflow run in {tracking.redact(spec.tracking.mlflow_uri)}; was the store moved?")
@@ -145,7 +146,7 @@ def run(spec: Spec, console, number: int | None = None, force: bool = False, mer
     return True
 
 
-def _rereport(spec: Spec, study: optuna.Study, c, console) -> None:
+def _rereport(spec: Spec, study: optuna.Study, c: MlflowClient, console) -> None:
     """The sweep report names the new @champion (re-rendered; a plotting problem is only printed)."""
     from afina.reporting import report
 
@@ -203,7 +204,7 @@ def _lineage(study: optuna.Study, trial, source, meta: dict) -> dict[str, str]:
 
 
 def _log_promotion(
-    c, experiment_id: str, spec: Spec, trial, run_id: str, champion, gate_tags: dict, cand: float, champ, n_rows: int
+    c: MlflowClient, experiment_id: str, spec: Spec, trial, run_id: str, champion, gate_tags: dict, cand: float, champ, n_rows: int
 ) -> str:
     run = c.create_run(
         experiment_id,

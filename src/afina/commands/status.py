@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from afina.attribution import data_section
 from afina.baselines import payoff
 from afina.reporting import leaderboard, report
+from afina.search import records
 from afina.search import study as study_mod
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ def run(spec: Spec, console, as_json: bool = False) -> None:
     if as_json:  # for scripts and CI: plain JSON on stdout, nothing else
         print(json.dumps(leaderboard.as_dict(study), indent=1))
         return
-    data_section.render(console, study.user_attrs.get("verdicts"))  # "What your data did" comes first
+    data_section.render(console, records.load(study, records.Verdicts))  # "What your data did" comes first
     console.print(leaderboard.table(study))
     for line in payoff.lines(study):  # the refit, and whether the sweep beat a default run of equal compute
         console.print(line)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from afina import tracking
 from afina.data.chat_rows import Issue
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 BARS = " ▁▂▃▄▅▆▇█"
 
@@ -105,7 +108,7 @@ def render(report: Report, console, per_kind: int = 5, table: bool = True) -> No
     console.print(f"[{style}]check: {report.summary()}[/]")
 
 
-def log(report: Report, client, run_id: str) -> None:
+def log(report: Report, client: MlflowClient, run_id: str) -> None:
     """The report as MLflow artifacts of a run (the sweep's parent run)."""
     client.log_text(run_id, report.to_json(), "check/report.json")
     client.log_text(run_id, report.to_markdown(), "check/report.md")

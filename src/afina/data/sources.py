@@ -181,7 +181,7 @@ def _read_hub(ref: str) -> list[dict[str, Any]]:
         )
     try:
         return datasets.load_dataset(name, split=split or "train").to_list()
-    except Exception as e:
+    except Exception as e:  # missing offline, a wrong name or split: datasets raises many kinds, all bad input here
         raise UserError(f"Hugging Face dataset {name!r} could not be loaded ({str(e).splitlines()[0][:200]})") from None
 
 

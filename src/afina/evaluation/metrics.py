@@ -186,7 +186,7 @@ def _one(m: Metric, out: str, ref: str | None, prompt: str) -> float:
         return float(re.search(m.arg, out) is not None)
     try:
         value = m.fn(out, ref, prompt)
-    except Exception as e:
+    except Exception as e:  # the user's code: any error, named with the scorer that raised it
         raise RuntimeError(f"custom scorer {m.arg!r} raised {type(e).__name__}: {e}") from e
     return float(value) if isinstance(value, bool) else value
 

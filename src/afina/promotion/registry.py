@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
 
 def previous_alias(alias: str) -> str:
     return "previous" if alias == "champion" else f"{alias}-previous"
 
 
-def by_alias(c, name: str, alias: str):
+def by_alias(c: MlflowClient, name: str, alias: str):
     from mlflow.exceptions import MlflowException
 
     try:

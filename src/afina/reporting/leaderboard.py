@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from afina.search import records
 from afina.search import study as study_mod
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def _base_and_front(tab, study: optuna.Study, objectives: list[str], n_params: i
     """The untouched base model's row, the default-run reference's, the best trial's gain over the base
     and its gaps to the reference, and the Pareto front (issue 5)."""
     base, base_run = study_mod.baseline(study)
-    ref = study.user_attrs.get("reference") or {}
+    ref = records.load(study, records.Reference)
     notes = []
     if (base or ref) and tab.rows:
         tab.rows[-1].end_section = True
@@ -86,11 +87,11 @@ def _base_and_front(tab, study: optuna.Study, objectives: list[str], n_params: i
     if ref:
         tab.add_row(
             "ref",
-            f"[magenta]REFERENCE[/] ({ref['steps']} steps)",
-            *(_fmt(ref["results"].get(o)) for o in objectives),
+            f"[magenta]REFERENCE[/] ({ref.steps} steps)",
+            *(_fmt(ref.results.get(o)) for o in objectives),
             *["default"] * n_params,
             "-",
-            ref["run_id"][:12],
+            ref.run_id[:12],
         )
     if len(study.directions) > 1:
         front = sorted(t.number for t in study_mod.pareto(study))

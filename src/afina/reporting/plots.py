@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from afina.search import records
 from afina.search import study as study_mod
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def _plots(study, names: list[str], done) -> list[tuple[str, Callable]]:
     import optuna.visualization.matplotlib as pm
 
     multi = len(study.directions) > 1
-    abl = (study.user_attrs.get("verdicts") or {}).get("ablation") or {}
+    abl = ((v := records.load(study, records.Verdicts)) and v.ablation) or {}
     out: list[tuple[str, Callable]] = []
     for i, name in enumerate(names):
         kw: dict[str, Any] = {"target_name": name}

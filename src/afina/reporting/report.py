@@ -20,11 +20,13 @@ from afina import tracking
 from afina.baselines import payoff
 from afina.evaluation import metrics
 from afina.reporting import plots
+from afina.search import records
 from afina.search import study as study_mod
 from afina.tracking import samples
 
 if TYPE_CHECKING:
     import optuna
+    from mlflow import MlflowClient
 
     from afina.spec.schema import Spec
 
@@ -41,7 +43,7 @@ def path(spec: Spec) -> Path:
     return folder(spec) / f"{spec.name}.html"
 
 
-def refresh(spec: Spec, study: optuna.Study, c, parent_id: str) -> Path:
+def refresh(spec: Spec, study: optuna.Study, c: MlflowClient, parent_id: str) -> Path:
     """Re-render plots, leaderboard and report, and log them to the sweep's parent run."""
     with tempfile.TemporaryDirectory() as tmp:
         pics = plots.render(study, Path(tmp) / "plots")
@@ -63,7 +65,7 @@ def refresh(spec: Spec, study: optuna.Study, c, parent_id: str) -> Path:
     return out
 
 
-def refresh_quietly(spec: Spec, study: optuna.Study, c, parent_id: str, console=None, force: bool = True) -> Path | None:
+def refresh_quietly(spec: Spec, study: optuna.Study, c: MlflowClient, parent_id: str, console=None, force: bool = True) -> Path | None:
     """refresh() for the sweep loop: a plotting problem is printed, never fails the sweep.
 
     Without `force` it skips while the last refresh was less than 10x its own duration ago, so
@@ -77,7 +79,7 @@ def refresh_quietly(spec: Spec, study: optuna.Study, c, parent_id: str, console=
         out = refresh(spec, study, c, parent_id)
         _LAST[parent_id] = (time.monotonic(), time.monotonic() - t0)
         return out
-    except Exception as e:
+    except Exception as e:  # a picture of the study, redrawn after every trial: never fails the sweep
         if console is not None:
             console.print(f"[yellow]report not refreshed[/]: {tracking.redact(f'{type(e).__name__}: {e}')}")
         return None
@@ -91,11 +93,11 @@ def leaderboard(study: optuna.Study) -> list[dict]:
     out = []
     if base:
         out.append({"trial": "base", "state": "BASELINE", **{n: base.get(n) for n in names}, **_extra(base, names)})
-    ref = study.user_attrs.get("reference") or {}
+    ref = records.load(study, records.Reference)
     if ref:
-        res = ref["results"]
+        res = ref.results
         out.append(
-            {"trial": "reference", "state": f"REFERENCE ({ref['steps']} steps)", **{n: res.get(n) for n in names}, **_extra(res, names)}
+            {"trial": "reference", "state": f"REFERENCE ({ref.steps} steps)", **{n: res.get(n) for n in names}, **_extra(res, names)}
         )
     for r in study_mod.rows(study):
         t = study.trials[r["number"]]
@@ -151,7 +153,7 @@ img{max-width:100%;border:1px solid #eee;margin:.5em 0}.pics{display:grid;grid-t
 pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}</style>"""
 
 
-def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict], pngs: list[Path]) -> str:
+def render(spec: Spec, study: optuna.Study, c: MlflowClient, parent_id: str, board: list[dict], pngs: list[Path]) -> str:
     names = study_mod.objectives(study)
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(spec.name)} · afina report</title>{STYLE}</head><body>",
@@ -163,7 +165,7 @@ def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict]
     from afina.attribution import data_section
 
     forest = [p for p in pngs if p.stem == "verdicts"]  # the controlled verdict as a picture, in its own section
-    parts.append(data_section.html_section(study.user_attrs.get("verdicts")) + "".join(_figure(p, names) for p in forest))
+    parts.append(data_section.html_section(records.load(study, records.Verdicts)) + "".join(_figure(p, names) for p in forest))
     parts.append(payoff.html(study))
     parts.append("<h2>Leaderboard</h2>" + (("<p>★ = on the Pareto front</p>") if len(study.directions) > 1 else ""))
     cols = _columns(board)
@@ -182,7 +184,7 @@ def render(spec: Spec, study: optuna.Study, c, parent_id: str, board: list[dict]
     if prompts and trials:
         best = trials[0]  # the leaderboard's top trial (a multi-objective board sorts by each objective in turn)
         best_out = samples.answers(c, best["run_id"])
-        ref_id = (study.user_attrs.get("reference") or {}).get("run_id")
+        ref_id = ref.run_id if (ref := records.load(study, records.Reference)) else None
         ref_out = samples.answers(c, ref_id) if ref_id else {}
         parts.append(f"<h2>Best trial ({best['trial']}) vs base model</h2>")
         parts.append(
@@ -223,13 +225,12 @@ def _figure(png: Path, names: list[str]) -> str:
 
 def _worth_it(study: optuna.Study) -> str:
     """The best trial against one default run of the sweep's total compute (baseline.default_run)."""
-    ref = study.user_attrs.get("reference") or {}
-    rows = study_mod.reference_gaps(study)
-    if not rows:
+    ref, rows = records.load(study, records.Reference), study_mod.reference_gaps(study)
+    if not ref or not rows:
         return ""
     return (
         f"<h2>Was the sweep worth it?</h2><p>Best trial {rows[0]['trial']} against one run with TRL's and afina's default settings, "
-        f"trained on the same data for the {ref['steps']} steps all trials spent together (run <code>{ref['run_id']}</code>). "
+        f"trained on the same data for the {ref.steps} steps all trials spent together (run <code>{ref.run_id}</code>). "
         "One run each: differences within seed noise are not effects.</p>"
         + table_html(
             ["metric", "best trial", "default run", "gap", "n"], [[g["metric"], g["best"], g["reference"], g["gap"], g["n"]] for g in rows]
@@ -237,7 +238,7 @@ def _worth_it(study: optuna.Study) -> str:
     )
 
 
-def _data_section(c, parent_id: str) -> str:
+def _data_section(c: MlflowClient, parent_id: str) -> str:
     """Rows and fingerprints per slice, and `afina check`'s report when the parent run has one."""
     run = c.get_run(parent_id)
     params = {k: v for k, v in sorted(run.data.params.items()) if k.startswith(("rows.", "data."))}
@@ -249,7 +250,7 @@ def _data_section(c, parent_id: str) -> str:
             with tempfile.TemporaryDirectory() as tmp:
                 md = Path(c.download_artifacts(parent_id, "check/report.md", tmp)).read_text(encoding="utf-8")
             out += f"<details><summary>check report</summary>{markdown(md[:20000])}</details>"
-        except Exception:
+        except Exception:  # no check report on this parent run (an older sweep's, or the upload failed): left out
             pass
     return out
 
@@ -261,7 +262,7 @@ def markdown(text: str) -> str:
     return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
 
 
-def _registry_section(spec: Spec, c) -> str:
+def _registry_section(spec: Spec, c: MlflowClient) -> str:
     """Which version holds the promotion alias, once `afina promote` moved it."""
     try:
         mv = c.get_model_version_by_alias(spec.model_name, spec.promote.alias)

@@ -19,6 +19,8 @@ from afina.evaluation import metrics
 from afina.spec.trained import sense
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from afina.spec.schema import Spec
 
 VIEW_KEY = "afina"
@@ -66,7 +68,7 @@ def view_state(spec: Spec, headline: list[str]) -> dict[str, Any]:
     }
 
 
-def set_view(c, experiment_id: str, spec: Spec, headline: list[str]) -> None:
+def set_view(c: MlflowClient, experiment_id: str, spec: Spec, headline: list[str]) -> None:
     c.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(view_state(spec, headline)))
 
 
@@ -78,8 +80,8 @@ def sweep_note(spec: Spec, study, experiment_id: str, spec_path: str, data_verdi
 
     `data_verdict` is the slice verdicts' summary once they exist; until then the note says so.
     """
+    from afina.search import records, winner_refit
     from afina.search import study as study_mod
-    from afina.search import winner_refit
 
     names = study.user_attrs.get("objectives") or spec.search.objectives
     trials = study.get_trials(deepcopy=False)
@@ -97,12 +99,10 @@ def sweep_note(spec: Spec, study, experiment_id: str, spec_path: str, data_verdi
         else:
             best, kept = found
             trial = run_link(experiment_id, study_mod.run_id(best, study), f"trial {best.number}")
-            value = kept["values"][0] if kept else best.values[0]
-            who = run_link(experiment_id, kept["run_id"], f"refit of trial {best.number}") if kept else trial
+            value = kept.values[0] if kept else best.values[0]
+            who = run_link(experiment_id, kept.run_id, f"refit of trial {best.number}") if kept else trial
             gain = f" · base model {_num(base[names[0]])}, gain {_signed(value - base[names[0]])}" if names[0] in base else ""
-            lineage = (
-                f" · {trial}'s configuration trained for {kept['steps']} steps; the trial scored {_num(best.values[0])}" if kept else ""
-            )
+            lineage = f" · {trial}'s configuration trained for {kept.steps} steps; the trial scored {_num(best.values[0])}" if kept else ""
             lines.append(
                 f"**Winner: {who}** · {names[0]} {_num(value)}{gain}{lineage} (one run each on the same eval set and prompts; "
                 f"no noise estimate; `afina compare {spec_path}` shows the answers side by side)"
@@ -112,7 +112,7 @@ def sweep_note(spec: Spec, study, experiment_id: str, spec_path: str, data_verdi
         + ", ".join(f"{n} ({d})" for n, d in zip(names, spec.search.directions, strict=False))
     )
     if data_verdict is None:  # the slice verdicts kept on the study (attribution/ablation.py)
-        data_verdict = "\n".join(f"- {line.strip()}" for line in data_section.lines(study.user_attrs.get("verdicts"), spec_path))
+        data_verdict = "\n".join(f"- {line.strip()}" for line in data_section.lines(records.load(study, records.Verdicts), spec_path))
     lines.append(f"**Data:** {'see What your data did below.' if data_verdict else f'no slice verdict yet (`afina ablate {spec_path}`).'}")
     if data_verdict:
         lines.append(f"### What your data did\n{data_verdict}")
@@ -179,7 +179,7 @@ def trial_note(study, t, experiment_id: str) -> str:
 
 
 def retell(
-    c, study, spec, experiment_id: str, parent_id: str, spec_path: str, trials: bool = True, data_verdict: str | None = None
+    c: MlflowClient, study, spec, experiment_id: str, parent_id: str, spec_path: str, trials: bool = True, data_verdict: str | None = None
 ) -> None:
     """Rewrite the parent's note and metrics and, with `trials`, every finished trial's note (ranks move)."""
     from afina import tracking
@@ -190,7 +190,7 @@ def retell(
         tell_trial(c, study, t, experiment_id)
 
 
-def tell_trial(c, study, t, experiment_id: str) -> None:
+def tell_trial(c: MlflowClient, study, t, experiment_id: str) -> None:
     """A finished trial's note (its rank as of now)."""
     from afina.search import study as study_mod
 

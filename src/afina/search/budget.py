@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from afina import UserError
+from afina.search import records
 from afina.training import schedule
 
 if TYPE_CHECKING:
@@ -71,8 +72,8 @@ def refit_steps(study: optuna.Study, spec: Spec) -> int:
 def sweep_steps(study: optuna.Study) -> int:
     """Steps the whole sweep trained: the search plus the refit once it has run. A default run of equal
     compute (the reference) trains this many."""
-    refit = study.user_attrs.get("refit") or {}
-    return spent(study) + (int(refit.get("steps", 0)) if refit.get("state") == "COMPLETE" else 0)
+    refit = records.load(study, records.Refit)
+    return spent(study) + (int(refit.steps) if refit and refit.state == "COMPLETE" else 0)
 
 
 def check(spec: Spec, length: int) -> None:

@@ -13,11 +13,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from afina import UserError, tracking
+from afina.search import records
 from afina.spec import metric_names, space
 from afina.tracking import spool, stores
 
 if TYPE_CHECKING:
     import optuna
+    from mlflow import MlflowClient
 
     from afina.spec.schema import Search, Spec
 
@@ -254,7 +256,7 @@ def set_baseline(study: optuna.Study, results: dict[str, float], run_id: str) ->
     study.set_user_attr("baseline_run_id", run_id)
 
 
-def runs_by_role(c, study: optuna.Study, role: str, experiment_ids: list[str]) -> list:
+def runs_by_role(c: MlflowClient, study: optuna.Study, role: str, experiment_ids: list[str]) -> list:
     """The study's MLflow runs tagged afina.role=ROLE (trial, baseline, ...), newest first."""
     return c.search_runs(
         experiment_ids,
@@ -269,24 +271,24 @@ def runs_by_role(c, study: optuna.Study, role: str, experiment_ids: list[str]) -
 def reference_gaps(study: optuna.Study) -> list[dict]:
     """[{metric, best, reference, gap, n, trial}]: the best trial against the default-run reference on the
     objective and every generation metric (single-objective studies; [] without a reference)."""
-    ref = study.user_attrs.get("reference") or {}
+    ref = records.load(study, records.Reference)
     best_trial = best(study)
     if not ref or len(study.directions) > 1 or best_trial is None:
         return []
     mine = best_trial.user_attrs.get("results") or {}
     names = objectives(study)
-    names = [*names, *(k for k in sorted(ref["results"]) if k not in names and k not in metric_names.TRAINING)]
+    names = [*names, *(k for k in sorted(ref.results) if k not in names and k not in metric_names.TRAINING)]
     return [
         {
             "metric": k,
             "best": mine[k],
-            "reference": ref["results"][k],
-            "gap": mine[k] - ref["results"][k],
-            "n": ref.get("n", {}).get(k),
+            "reference": ref.results[k],
+            "gap": mine[k] - ref.results[k],
+            "n": ref.n.get(k),
             "trial": best_trial.number,
         }
         for k in names
-        if k in mine and k in ref["results"] and math.isfinite(mine[k]) and math.isfinite(ref["results"][k])
+        if k in mine and k in ref.results and math.isfinite(mine[k]) and math.isfinite(ref.results[k])
     ]
 
 
@@ -296,5 +298,5 @@ def reference_summary(study: optuna.Study) -> str:
     if not rows:
         return ""
     parts = [f"{g['metric']} {g['best']:.4g} vs {g['reference']:.4g} ({g['gap']:+.4g}, n={g['n']})" for g in rows]
-    steps = study.user_attrs["reference"]["steps"]
+    steps = records.load(study, records.Reference).steps
     return f"best trial {rows[0]['trial']} vs default run ({steps} steps, 1 run each): " + "; ".join(parts)

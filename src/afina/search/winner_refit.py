@@ -23,17 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 from afina import UserError, tracking
 from afina.evaluation import metrics
-from afina.search import budget
+from afina.search import budget, records
 from afina.search import study as study_mod
 from afina.training import distributed, resume, schedule
 
 if TYPE_CHECKING:
     import optuna
+    from mlflow import MlflowClient
 
     from afina.spec.schema import Spec
     from afina.training.context import TrialContext
-
-ATTR = "refit"  # study user attr: {of, of_run_id, steps, state, worker, beat, run_id, values, results, n}
 
 
 def objective_index(study: optuna.Study, spec: Spec) -> int | None:
@@ -66,28 +65,29 @@ def pick(study: optuna.Study, spec: Spec, number: int | None = None, command: st
     return study_mod.best(study, index)
 
 
-def winner(study: optuna.Study, index: int = 0) -> tuple[Any, dict | None] | None:
+def winner(study: optuna.Study, index: int = 0) -> tuple[Any, records.Refit | None] | None:
     """The sweep's model on objective `index`, as `afina promote` takes it: (the best COMPLETE trial, its refit's
     record when the refit beats it, else None); None before any trial completed."""
     best = study_mod.best(study, index)
     return None if best is None else (best, kept_refit(study, best, index))
 
 
-def kept_refit(study: optuna.Study, trial, index: int = 0) -> dict | None:
+def kept_refit(study: optuna.Study, trial, index: int = 0) -> records.Refit | None:
     """The refit of `trial` when it beats the trial on objective `index`: then it, not the trial, is the model
     `afina promote` registers. None otherwise."""
     r = state(study)
-    if r.get("state") != "COMPLETE" or r.get("of") != trial.number:
+    if r.state != "COMPLETE" or r.of != trial.number:
         return None
     sign = study_mod.signs(study)[index]
-    return r if sign * r["values"][index] < sign * trial.values[index] else None
+    return r if sign * r.values[index] < sign * trial.values[index] else None
 
 
-def state(study: optuna.Study) -> dict[str, Any]:
-    return study.user_attrs.get(ATTR) or {}
+def state(study: optuna.Study) -> records.Refit:
+    """The study's refit record (an empty one before any refit started)."""
+    return records.load(study, records.Refit) or records.Refit()
 
 
-def run(ctx: TrialContext, study: optuna.Study, console, on_step=None, number: int | None = None) -> dict | None:
+def run(ctx: TrialContext, study: optuna.Study, console, on_step=None, number: int | None = None) -> records.Refit | None:
     """Train (or resume, or skip when done) the refit; returns its record, None when there is none to run."""
     import optuna
 
@@ -110,19 +110,18 @@ def run(ctx: TrialContext, study: optuna.Study, console, on_step=None, number: i
         console.print(f"no refit yet: {e}")  # the sweep's own trials stand
         return None
     old, me = state(study), resume.worker_id()
-    if old.get("state") == "COMPLETE" and old.get("of") == best.number and old.get("steps") == steps:
+    if old.state == "COMPLETE" and old.of == best.number and old.steps == steps:
         return old
-    holder = old.get("worker", "")
-    if old.get("state") == "RUNNING" and holder != me and resume.alive(holder, old.get("beat"), spec.search.heartbeat):
-        console.print(f"the refit of trial {old['of']} is running on {old['worker']}; this worker leaves it there")
+    if old.state == "RUNNING" and old.worker != me and resume.alive(old.worker, old.beat, spec.search.heartbeat):
+        console.print(f"the refit of trial {old.of} is running on {old.worker}; this worker leaves it there")
         return None
     root = Path(spec.tracking.checkpoint_dir) / ctx.study_name
-    if old and (old.get("of"), old.get("steps")) != (best.number, steps):
-        shutil.rmtree(root / f"refit-{old.get('of')}", ignore_errors=True)  # another winner or length: nothing to resume
+    if old.state and (old.of, old.steps) != (best.number, steps):
+        shutil.rmtree(root / f"refit-{old.of}", ignore_errors=True)  # another winner or length: nothing to resume
     _close_dead(c, study, ctx.experiment_id)
-    record = {"of": best.number, "of_run_id": study_mod.run_id(best, study), "steps": steps, "state": "RUNNING", "worker": me}
-    study.set_user_attr(ATTR, record | {"beat": time.time()})
-    if state(study).get("worker") != me:  # another worker claimed it at the same moment: the last writer keeps it
+    record = records.Refit(of=best.number, of_run_id=study_mod.run_id(best, study), steps=steps, state="RUNNING", worker=me)
+    records.save(study, dataclasses.replace(record, beat=time.time()))
+    if state(study).worker != me:  # another worker claimed it at the same moment: the last writer keeps it
         return None
     trained = best.user_attrs.get(schedule.STEPS, "?")
     console.print(f"refit of trial {best.number}: its configuration for {steps} steps (the trial trained {trained})")
@@ -131,7 +130,7 @@ def run(ctx: TrialContext, study: optuna.Study, console, on_step=None, number: i
     refit_spec.train = {**spec.train, "max_steps": steps}
     params = {**best.params, **({"train.max_steps": steps} if "train.max_steps" in best.params else {})}
     fixed = optuna.trial.FixedTrial(params, best.number)
-    beat, tagged = resume.pulse(study, ATTR, record, spec.search.heartbeat), False
+    beat, tagged = resume.pulse(study, records.Refit.ATTR, records.stored(record), spec.search.heartbeat), False
 
     def step(done: int, total: int) -> None:
         """The refit's heartbeat (other workers leave a live refit alone) and its tags, once its run exists."""
@@ -146,23 +145,24 @@ def run(ctx: TrialContext, study: optuna.Study, console, on_step=None, number: i
     try:
         values = trial_mod.run(dataclasses.replace(ctx, spec=refit_spec), fixed, step, role="refit")
     except KeyboardInterrupt:
-        study.set_user_attr(ATTR, record | {"state": "INTERRUPTED", "run_id": fixed.user_attrs.get("mlflow_run_id", "")})
+        records.save(study, dataclasses.replace(record, state="INTERRUPTED", run_id=fixed.user_attrs.get("mlflow_run_id", "")))
         raise
     except Exception as e:  # the sweep's trials stand; the refit is tried again next time
-        study.set_user_attr(ATTR, record | {"state": "FAIL", "reason": f"{type(e).__name__}: {e}"[:500]})
+        records.save(study, dataclasses.replace(record, state="FAIL", reason=f"{type(e).__name__}: {e}"[:500]))
         console.print(f"[yellow]refit failed[/]: {type(e).__name__}: {e} (run `afina sweep` or `afina refit` again to retry)")
         return None
     run_id = fixed.user_attrs["mlflow_run_id"]
     _tag(c, run_id, record)
-    done = record | {
-        "state": "COMPLETE",
-        "run_id": run_id,
-        "values": list(values) if isinstance(values, list) else [values],
-        "results": fixed.user_attrs.get("results", {}),
-        "resumed_from": fixed.user_attrs.get("resumed_from", ""),
-        "n": sizes(spec, len(ctx.prepared.eval), ctx.prompts),
-    }
-    study.set_user_attr(ATTR, done)
+    done = dataclasses.replace(
+        record,
+        state="COMPLETE",
+        run_id=run_id,
+        values=list(values) if isinstance(values, list) else [values],
+        results=fixed.user_attrs.get("results", {}),
+        resumed_from=fixed.user_attrs.get("resumed_from", ""),
+        n=sizes(spec, len(ctx.prepared.eval), ctx.prompts),
+    )
+    records.save(study, done)
     if ctx.parent_id:
         c.set_tag(ctx.parent_id, tracking.REFIT_RUN_ID, run_id)
         c.set_tag(ctx.parent_id, tracking.REFIT_OF, str(best.number))
@@ -173,12 +173,12 @@ def run(ctx: TrialContext, study: optuna.Study, console, on_step=None, number: i
 def summary(study: optuna.Study) -> str | None:
     """One line on the refit against the trial it came from, or None before it completed."""
     r = state(study)
-    if r.get("state") != "COMPLETE":
-        return f"refit of trial {r['of']}: {r['state'].lower()}" if r else None
-    trial = next((t for t in study_mod.done(study) if t.number == r["of"]), None)
+    if r.state != "COMPLETE":
+        return f"refit of trial {r.of}: {r.state.lower()}" if r.state else None
+    trial = next((t for t in study_mod.done(study) if t.number == r.of), None)
     name = study_mod.objectives(study)[0]
-    vs = f" vs the trial's {trial.values[0]:.4g} ({r['values'][0] - trial.values[0]:+.4g})" if trial is not None else ""
-    return f"refit of trial {r['of']} ({r['steps']} steps, run {r['run_id'][:12]}): {name} {r['values'][0]:.4g}{vs}"
+    vs = f" vs the trial's {trial.values[0]:.4g} ({r.values[0] - trial.values[0]:+.4g})" if trial is not None else ""
+    return f"refit of trial {r.of} ({r.steps} steps, run {r.run_id[:12]}): {name} {r.values[0]:.4g}{vs}"
 
 
 def sizes(spec: Spec, n_eval: int, prompts: list[dict]) -> dict[str, int]:
@@ -203,24 +203,22 @@ class Refit:
     values: list[float]
     params: dict[str, Any]
     user_attrs: dict[str, Any]
-    record: dict[str, Any]
+    record: records.Refit
     state: Any = None
 
 
 def prefer(study: optuna.Study, spec: Spec, trial, console):
     """The refit of `trial` when it beats the trial on the objective, else the trial itself."""
     r, index = state(study), objective_index(study, spec)
-    if r.get("state") != "COMPLETE" or r.get("of") != trial.number or index is None:
+    if r.state != "COMPLETE" or r.of != trial.number or index is None:
         return trial
     name = study_mod.objectives(study)[index]
-    mine, theirs = r["values"][index], trial.values[index]
+    mine, theirs = r.values[index], trial.values[index]
     if kept_refit(study, trial, index):
         console.print(
-            f"the refit of trial {trial.number} ({r['steps']} steps): {name} {mine:.4g} beats the trial's {theirs:.4g}; it is the candidate"
+            f"the refit of trial {trial.number} ({r.steps} steps): {name} {mine:.4g} beats the trial's {theirs:.4g}; it is the candidate"
         )
-        return Refit(
-            trial.number, list(r["values"]), dict(trial.params), {**trial.user_attrs, "mlflow_run_id": r["run_id"]}, r, trial.state
-        )
+        return Refit(trial.number, list(r.values), dict(trial.params), {**trial.user_attrs, "mlflow_run_id": r.run_id}, r, trial.state)
     console.print(
         f"the refit of trial {trial.number}: {name} {mine:.4g} does not beat the trial's {theirs:.4g}; the trial is the candidate"
     )
@@ -234,28 +232,28 @@ def lineage(candidate) -> dict[str, str]:
     r = candidate.record
     return {
         f"{tracking.TAG}source": "refit",
-        tracking.REFIT_RUN_ID: r["run_id"],
-        tracking.REFIT_OF: str(r["of"]),
-        tracking.REFIT_OF_RUN_ID: r.get("of_run_id", ""),
-        f"{tracking.TAG}refit_steps": str(r["steps"]),
+        tracking.REFIT_RUN_ID: r.run_id,
+        tracking.REFIT_OF: str(r.of),
+        tracking.REFIT_OF_RUN_ID: r.of_run_id,
+        f"{tracking.TAG}refit_steps": str(r.steps),
     }
 
 
 # --- helpers ----------------------------------------------------------------------------------------
 
 
-def _tag(c, run_id: str, record: dict) -> None:
-    c.set_tag(run_id, tracking.REFIT_OF, str(record["of"]))
-    c.set_tag(run_id, tracking.REFIT_OF_RUN_ID, record["of_run_id"])
-    c.set_tag(run_id, f"{tracking.TAG}steps", str(record["steps"]))
+def _tag(c: MlflowClient, run_id: str, record: records.Refit) -> None:
+    c.set_tag(run_id, tracking.REFIT_OF, str(record.of))
+    c.set_tag(run_id, tracking.REFIT_OF_RUN_ID, record.of_run_id)
+    c.set_tag(run_id, f"{tracking.TAG}steps", str(record.steps))
     c.set_tag(
         run_id,
         tracking.NOTE,
-        f"Refit of trial {record['of']}: its configuration trained for {record['steps']} steps, the rest of the sweep's budget.",
+        f"Refit of trial {record.of}: its configuration trained for {record.steps} steps, the rest of the sweep's budget.",
     )
 
 
-def _close_dead(c, study: optuna.Study, experiment_id: str) -> None:
+def _close_dead(c: MlflowClient, study: optuna.Study, experiment_id: str) -> None:
     """Refit runs left RUNNING by a killed worker are closed as FAILED; the new attempt resumes their checkpoint."""
     if not experiment_id:
         return

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from afina import UserError, hint
 from afina.spec import metric_names, yaml_file
@@ -47,18 +47,12 @@ class Spec(Strict):
     base_dir: Path = Field(Path("."), exclude=True)
     """Folder of the spec file; relative data paths resolve against it (not a YAML key)."""
 
-    @field_validator("train")
+    @field_validator("train", "lora")
     @classmethod
-    def _train_fields(cls, v):
+    def _known_fields(cls, v, info: ValidationInfo):
+        known = sft_fields() if info.field_name == "train" else lora_fields()  # SFTConfig's fields, LoraConfig's
         for key, value in v.items():
-            check_field(key, "train", sft_fields(), value)
-        return v
-
-    @field_validator("lora")
-    @classmethod
-    def _lora_fields(cls, v):
-        for key, value in v.items():
-            check_field(key, "lora", lora_fields(), value)
+            check_field(key, info.field_name, known, value)
         return v
 
     @model_validator(mode="after")

@@ -17,6 +17,8 @@ from afina import UserError
 from afina.tracking.redaction import SECRET_KEY, mask, redact, scrub  # noqa: F401 - callers say tracking.redact
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from afina.spec.schema import Spec
 
 # Tag names: the ones written or read in more than one place live here (users and tests filter on them).
@@ -101,7 +103,7 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def experiment(c, name: str, artifact_root: str, uri: str) -> str:
+def experiment(c: MlflowClient, name: str, artifact_root: str, uri: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -118,7 +120,7 @@ def experiment(c, name: str, artifact_root: str, uri: str) -> str:
     return c.create_experiment(name, artifact_location=location)
 
 
-def parent_run(c, experiment_id: str, study, spec: Spec, spec_path: str) -> str:
+def parent_run(c: MlflowClient, experiment_id: str, study, spec: Spec, spec_path: str) -> str:
     """The sweep's run: reused on resume (its id lives in the study's user attributes)."""
     run_id = study.user_attrs.get("mlflow_parent_run_id")
     if run_id:
@@ -155,7 +157,7 @@ def parent_run(c, experiment_id: str, study, spec: Spec, spec_path: str) -> str:
     return run.info.run_id
 
 
-def child_run(c, experiment_id: str, parent_id: str, study_name: str, number: int, role: str = "trial") -> str:
+def child_run(c: MlflowClient, experiment_id: str, parent_id: str, study_name: str, number: int, role: str = "trial") -> str:
     """A run under the sweep's run, named ROLE-N and tagged afina.role=ROLE (trial, refit, reference...)."""
     run = c.create_run(
         experiment_id,
@@ -181,7 +183,7 @@ def placement() -> dict[str, str]:
     return {f"{TAG}worker": f"{socket.gethostname()}:{os.getpid()}", f"{TAG}node": socket.gethostname(), f"{TAG}gpu": gpus or "none"}
 
 
-def log_params(c, run_id: str, params: dict[str, Any]) -> None:
+def log_params(c: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
     items = [Param(k, redact(_short(mask(k, v)))) for k, v in sorted(params.items())]
@@ -189,13 +191,13 @@ def log_params(c, run_id: str, params: dict[str, Any]) -> None:
         c.log_batch(run_id, params=items[i : i + 100], synchronous=True)
 
 
-def log_metrics(c, run_id: str, metrics: dict[str, float], step: int, synchronous: bool = False) -> None:
+def log_metrics(c: MlflowClient, run_id: str, metrics: dict[str, float], step: int, synchronous: bool = False) -> None:
     import time
 
     log_steps(c, run_id, [(step, int(time.time() * 1000), metrics)], synchronous)
 
 
-def reserve(c, run_id: str, names: list[str]) -> None:
+def reserve(c: MlflowClient, run_id: str, names: list[str]) -> None:
     """Log `names` as NaN at step 0, before any curve. MLflow's run page lists metrics in the order they were
     first logged (SQLite keeps a row's place when it is updated), so the results written when training ends
     come first instead of after every curve. A trial that stops early keeps NaN: not measured."""
@@ -207,7 +209,7 @@ def reserve(c, run_id: str, names: list[str]) -> None:
     c.log_batch(run_id, metrics=[Metric(k, math.nan, ms, 0) for k in names], synchronous=True)
 
 
-def log_steps(c, run_id: str, rows: list[tuple[int, int, dict[str, float]]], synchronous: bool = False) -> None:
+def log_steps(c: MlflowClient, run_id: str, rows: list[tuple[int, int, dict[str, float]]], synchronous: bool = False) -> None:
     """Many (step, time in ms, metrics) rows in as few writes as MLflow allows (1000 metrics per batch)."""
     from mlflow.entities import Metric
 
@@ -221,7 +223,7 @@ def log_steps(c, run_id: str, rows: list[tuple[int, int, dict[str, float]]], syn
         c.log_batch(run_id, metrics=batch[i : i + 1000], synchronous=synchronous)
 
 
-def finish(c, run_id: str, state: str, reason: str | None = None) -> None:
+def finish(c: MlflowClient, run_id: str, state: str, reason: str | None = None) -> None:
     """Close a trial run: afina.state says COMPLETE/PRUNED/FAIL; MLflow status follows."""
     status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}.get(state, "KILLED")
     c.set_tag(run_id, STATE, state)
@@ -244,7 +246,7 @@ def dump_spec(spec: Spec, overrides: dict[str, Any] | None = None) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
-def log_datasets(c, run_id: str, spec: Spec, prepared, counts: dict[str, int] | None = None) -> None:
+def log_datasets(c: MlflowClient, run_id: str, spec: Spec, prepared, counts: dict[str, int] | None = None) -> None:
     """The data slices a run used, as MLflow dataset inputs (the runs table's Dataset column).
 
     `counts`: rows used per slice (a trial); None logs the eval set alone (the baseline). Best effort:
@@ -265,5 +267,5 @@ def log_datasets(c, run_id: str, spec: Spec, prepared, counts: dict[str, int] | 
     inputs.append(one("eval", "eval", getattr(spec.data.eval, "path", None) or "held-out split", len(prepared.eval), "eval"))
     try:
         c.log_inputs(run_id, datasets=inputs)
-    except Exception:
+    except Exception:  # only the runs table's Dataset column: a store that refuses inputs loses no result
         pass

@@ -7,23 +7,27 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 NAME = "samples.json"  # at the run's artifact root, where MLflow's Evaluation view finds it
 _ANSWERS: dict[str, dict[str, str]] = {}  # run id -> {prompt: output}; a finished run's samples never change
 
 
-def read(c, run_id: str) -> dict[str, list]:
+def read(c: MlflowClient, run_id: str) -> dict[str, list]:
     """A run's samples table as {column: [one value per prompt]}; {} when it has none (a failed run, no prompts)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # quiet inside the sweep's display
     try:
         with tempfile.TemporaryDirectory() as tmp:
             table = json.loads(Path(c.download_artifacts(run_id, NAME, tmp)).read_text(encoding="utf-8"))
-    except Exception:
+    except Exception:  # a run without a samples table (the base model's, a failed trial's): no per-prompt answers
         return {}
     return {name: [row[i] for row in table["data"]] for i, name in enumerate(table["columns"])}
 
 
-def answers(c, run_id: str) -> dict[str, str]:
+def answers(c: MlflowClient, run_id: str) -> dict[str, str]:
     """{prompt: output} from a run's samples table ({} when it has none), kept once the run has finished."""
     if not run_id:
         return {}
@@ -38,7 +42,7 @@ def answers(c, run_id: str) -> dict[str, str]:
     return found
 
 
-def copy(c, src_run: str, dst_run: str) -> bool:
+def copy(c: MlflowClient, src_run: str, dst_run: str) -> bool:
     """A run's samples table onto another run, replacing any earlier copy; False without one.
 
     Not `log_table`, which appends to an existing table; the tag it sets is what MLflow's Evaluation view reads.

@@ -22,6 +22,8 @@ from afina import tracking
 from afina.tracking.stores import reachable
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from afina.spec.schema import Spec
 
 # Every write afina makes through the client; anything else passes straight through.
@@ -46,7 +48,7 @@ def fallback_dir(spec: Spec) -> Path:
 class Guard:
     """MlflowClient whose writes never raise for an outage: failed ones are kept in `folder`."""
 
-    def __init__(self, client, folder: Path, uri: str):
+    def __init__(self, client: MlflowClient, folder: Path, uri: str):
         self._c, self.folder, self.uri = client, Path(folder), uri
         self._pending: list[tuple[Any, tuple, dict]] = []  # async log_batch calls not yet confirmed
         self._down_at: float | None = None
@@ -60,7 +62,7 @@ class Guard:
             self.settle()
             try:
                 return self._c.create_run(experiment_id, **kw)
-            except Exception as e:
+            except Exception as e:  # an outage: _failed re-raises anything else
                 self._failed(e, "create_run", (experiment_id,), kw, keep=False)
         run_id = OFFLINE + uuid.uuid4().hex
         self._keep("create_run", (run_id, experiment_id), kw, None)
@@ -86,13 +88,13 @@ class Guard:
         if name == "log_batch" and kw.get("synchronous") is False:
             try:
                 self._pending.append((fn(*args, **kw), args, kw))  # MLflow's queue retries in its thread
-            except Exception as e:
+            except Exception as e:  # an outage: _failed re-raises anything else
                 self._failed(e, name, args, kw)
             return None
         self.settle()
         try:
             return fn(*args, **kw)
-        except Exception as e:
+        except Exception as e:  # an outage: _failed re-raises anything else
             return self._failed(e, name, args, kw)
 
     def settle(self) -> None:
@@ -102,7 +104,7 @@ class Guard:
             try:
                 if ops is not None:
                     ops.wait()
-            except Exception as e:
+            except Exception as e:  # an async batch lost in an outage: _failed keeps it
                 self._failed(e, "log_batch", args, kw)
 
     def _failed(self, e: Exception, name: str, args, kw, keep: bool = True):
@@ -170,7 +172,7 @@ def pending(folder: Path) -> int:
     return sum(1 for p in Path(folder).glob("*.jsonl") for _ in p.open(encoding="utf-8")) if Path(folder).is_dir() else 0
 
 
-def replay(folder: Path, client) -> tuple[int, dict[str, str]]:
+def replay(folder: Path, client: MlflowClient) -> tuple[int, dict[str, str]]:
     """Send kept records to MLflow in order; each file is claimed by renaming it, so workers never double-send.
 
     Returns how many were sent, and the real run ids of runs created offline ({offline id: real id}).
@@ -202,7 +204,7 @@ def replay(folder: Path, client) -> tuple[int, dict[str, str]]:
                     )
                 else:
                     getattr(client, r["op"])(r["run_id"], *r["args"], **r["kw"])
-            except Exception:
+            except Exception:  # the server is gone again (or refuses this record): keep it and the rest for next time
                 rest = [json.loads(x) for x in lines[i:]]  # keep the rest, in order, under the real ids made so far
                 path.write_text(
                     "".join(json.dumps({**x, "run_id": ids.get(x["run_id"], x["run_id"])}) + "\n" for x in rest), encoding="utf-8"

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
 
 from afina import tracking
 from afina.training import distributed, schedule, stop
+
+if TYPE_CHECKING:
+    from afina.tracking.spool import Guard
 
 # Trainer's bookkeeping, not logged: MLflow would draw a chart for each, ahead of the curves that matter.
 COUNTERS = {
@@ -33,7 +37,15 @@ class Watch(TrainerCallback):
     """Trainer callback: curves to MLflow, NaN guard, Optuna pruning, progress. No trainer subclass."""
 
     def __init__(
-        self, client, run_id: str | None, trial, total: int, on_step, directions: list[str], lead: bool = True, constant_lr: bool = False
+        self,
+        client: Guard,
+        run_id: str | None,
+        trial,
+        total: int,
+        on_step,
+        directions: list[str],
+        lead: bool = True,
+        constant_lr: bool = False,
     ):
         self.c, self.run_id, self.trial, self.total, self.on_step = client, run_id, trial, total, on_step
         # A flat learning-rate curve is drawn by MLflow's charts on a ±1 axis, i.e. at "0"; train.learning_rate says it.

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 from afina import tracking
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from afina.spec.schema import Spec
 
 
-def resume_point(spec: Spec, trial, c, study_name: str) -> tuple[Path | None, list[Path]]:
+def resume_point(spec: Spec, trial, c: MlflowClient, study_name: str) -> tuple[Path | None, list[Path]]:
     """The checkpoint this trial continues from, and the trial folders it consumes when it ends.
 
     A retry of a dead worker's trial (Optuna's `failed_trial`/`retry_history`) or a requeued
@@ -48,7 +50,7 @@ def resume_point(spec: Spec, trial, c, study_name: str) -> tuple[Path | None, li
     return latest(*folders), [f for f in folders if f.is_dir()]
 
 
-def _close(c, run_id: str, why: str) -> None:
+def _close(c: MlflowClient, run_id: str, why: str) -> None:
     try:
         if c.get_run(run_id).info.status == "RUNNING":
             tracking.finish(c, run_id, "FAIL", why)

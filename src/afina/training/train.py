@@ -22,6 +22,8 @@ from afina.training import device, distributed, schedule
 from afina.training.callback import Watch
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from afina.data.chat_rows import Row
     from afina.spec.schema import Spec
     from afina.training.context import TrialContext
@@ -180,7 +182,7 @@ def datasets(ctx: TrialContext, rows: list[Row], tok, args, attn: str | None, tr
 PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # a checkpoint artifact holds safetensors and text only
 
 
-def _keep_checkpoint(spec: Spec, trainer, tok, c, run_id, workdir: Path, trial) -> None:
+def _keep_checkpoint(spec: Spec, trainer, tok, c: MlflowClient, run_id, workdir: Path, trial) -> None:
     """Best weights (adapter only for LoRA) + tokenizer + resolved spec -> MLflow; scratch removed."""
     best = workdir / "best"
     trainer.save_model(str(best))  # safetensors; for a PEFT model only the adapter
@@ -199,7 +201,7 @@ def _constant_lr(args) -> bool:
     return kind == "constant" and not args.warmup_steps and not getattr(args, "warmup_ratio", 0)
 
 
-def _samples(spec: Spec, model, tok, c, run_id: str, prompts: list[dict], base_answers: dict[str, str]) -> dict[str, float]:
+def _samples(spec: Spec, model, tok, c: MlflowClient, run_id: str, prompts: list[dict], base_answers: dict[str, str]) -> dict[str, float]:
     """Answer the evaluation prompts, score them (evaluation/metrics.py, evaluation/judge.py), log the table; returns the scores."""
     if not prompts:
         return {}

@@ -80,7 +80,7 @@ def run(ctx: TrialContext, trial, on_step: Callable[[int, int], None] | None = N
             tracking.finish(c, run_id, "PRUNED", str(e) or "pruned")
             shutil.rmtree(workdir, ignore_errors=True)
         raise
-    except BaseException as e:
+    except BaseException as e:  # Ctrl-C and OOM included: the run is closed with the reason, then it re-raises
         with stop.shield():  # a second Ctrl-C must not leave this run RUNNING
             reason = tracking.redact(f"{type(e).__name__}: {e}".strip())
             if isinstance(e, KeyboardInterrupt):
