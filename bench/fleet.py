@@ -8,6 +8,8 @@ metrics (one per logging step, as a trial logs them), the results, the run close
 one client with its own Optuna storage (its own connection pool) and MLflow client, as an `afina sweep` worker
 is; the clients run as threads of 8 Ray actor processes (a process per worker would need ~250 MB each). Prints,
 per N: trials per minute, p50/p95 of ask, tell and one MLflow call, and the most PostgreSQL connections open.
+`--grpc` puts Optuna's gRPC storage proxy in front of PostgreSQL (one process, one connection pool) and the
+workers talk to it through `GrpcStorageProxy` (needs `pip install grpcio`).
 The clients share this machine's CPUs with both servers: read the figures as what the stores sustain here.
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 
 PG = os.environ.get("AFINA_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 ACTORS = 8
+LIMIT = [0]  # the server's max_connections, read once
 
 
 def admin(sql: str) -> int | None:
@@ -43,7 +46,11 @@ def client_loop(storage_url: str, mlflow_uri: str, study_name: str, experiment_i
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out: dict[str, list] = {"ask": [], "tell": [], "mlflow": [], "trials": [], "errors": []}
     try:
-        storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=60)
+        if storage_url.startswith("grpc://"):
+            host, port = storage_url.removeprefix("grpc://").split(":")
+            storage = optuna.storages.GrpcStorageProxy(host=host, port=int(port))
+        else:
+            storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=60)
         study = optuna.load_study(study_name=study_name, storage=storage)
         c = MlflowClient(mlflow_uri)
     except Exception as e:  # e.g. PostgreSQL's max_connections reached: counted, the figure that matters
@@ -88,7 +95,7 @@ def _trial(study, c, experiment_id: str, steps: int, out: dict) -> None:
     out["trials"].append(time.monotonic())
 
 
-def run(n: int, seconds: float, steps: int, storage_url: str, mlflow_uri: str) -> dict:
+def run(n: int, seconds: float, steps: int, storage_url: str, mlflow_uri: str, worker_url: str) -> dict:
     import optuna
     import ray
     from mlflow import MlflowClient
@@ -107,12 +114,15 @@ def run(n: int, seconds: float, steps: int, storage_url: str, mlflow_uri: str) -
 
     def watch():
         while not stop.is_set():
-            peak[0] = max(peak[0], admin("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'") or 0)
+            try:
+                peak[0] = max(peak[0], admin("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'") or 0)
+            except Exception:  # "too many clients": every slot is taken, the watcher's own included
+                peak[0] = max(peak[0], LIMIT[0])
             time.sleep(0.5)
 
     threading.Thread(target=watch, daemon=True).start()
     t0 = time.monotonic()
-    refs = [hosts[i % ACTORS].work.remote(storage_url, mlflow_uri, name, experiment_id, seconds, steps) for i in range(n)]
+    refs = [hosts[i % ACTORS].work.remote(worker_url, mlflow_uri, name, experiment_id, seconds, steps) for i in range(n)]
     results = ray.get(refs)
     wall = time.monotonic() - t0
     stop.set()
@@ -144,13 +154,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--steps", type=int, default=12, help="logging steps per simulated trial")
     ap.add_argument("--server-workers", type=int, default=4, help="`afina server --workers`")
+    ap.add_argument("--grpc", action="store_true", help="workers reach the study through Optuna's gRPC proxy")
     args = ap.parse_args()
     import ray
 
+    LIMIT[0] = int(admin("SHOW max_connections"))
     dbs = [f"afina_bench_{uuid.uuid4().hex[:8]}" for _ in range(2)]
     for db in dbs:
         admin(f"CREATE DATABASE {db}")
-    port = 5600 + os.getpid() % 300
+    port, extra = 5600 + os.getpid() % 300, []
     folder = Path("bench-results") / "fleet"
     folder.mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen(
@@ -167,6 +179,18 @@ def main() -> None:
                     break
             except requests.RequestException:
                 time.sleep(1)
+        worker_url = f"{PG}/{dbs[0]}"
+        if args.grpc:  # one proxy process holds the only PostgreSQL pool; workers speak gRPC to it
+            grpc_port = port + 300
+            proxy = subprocess.Popen(
+                [sys.executable, "-c", "import optuna, sys; optuna.logging.set_verbosity(optuna.logging.WARNING); "
+                 "optuna.storages.run_grpc_proxy_server(optuna.storages.RDBStorage(sys.argv[1]), host='127.0.0.1', port=int(sys.argv[2]))",
+                 worker_url, str(grpc_port)],
+                stdout=(folder / "grpc.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+            extra.append(proxy)
+            worker_url = f"grpc://127.0.0.1:{grpc_port}"
+            time.sleep(5)
         ray.init(
             address="local",
             num_cpus=os.cpu_count(),
@@ -176,11 +200,12 @@ def main() -> None:
             logging_level="ERROR",
         )
         print(
-            f"{os.cpu_count()} CPUs; afina server with {args.server_workers} workers; {args.seconds:g} s per N; {args.steps} steps a trial"
+            f"{os.cpu_count()} CPUs; afina server with {args.server_workers} workers; {args.seconds:g} s per N; {args.steps} steps a trial;"
+            f" study via {'gRPC proxy' if args.grpc else 'PostgreSQL directly'}; PostgreSQL max_connections {LIMIT[0]}"
         )
         print("workers  trials/min  ask p50/p95 ms  tell p50/p95 ms  mlflow call p50/p95 ms  PG connections  errors")
         for n in args.workers:
-            r = run(n, args.seconds, args.steps, f"{PG}/{dbs[0]}", f"http://127.0.0.1:{port}")
+            r = run(n, args.seconds, args.steps, f"{PG}/{dbs[0]}", f"http://127.0.0.1:{port}", worker_url)
             print(
                 f"{n:7d}  {r['trials_per_min']:10.0f}  {r['ask_p50_ms']:6.0f} / {r['ask_p95_ms']:<6.0f} "
                 f"{r['tell_p50_ms']:6.0f} / {r['tell_p95_ms']:<6.0f}  {r['mlflow_p50_ms']:9.0f} / {r['mlflow_p95_ms']:<9.0f} "
@@ -189,8 +214,9 @@ def main() -> None:
             )
         ray.shutdown()
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        for proc in [server, *extra]:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=30)
         for db in dbs:
             admin(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
