@@ -178,3 +178,25 @@ def test_a_cluster_of_machines_refuses_sqlite_stores_in_one_line(project, cli):
     with nothing_written(project):
         code, out, err = cli("sweep", "spec.yaml", "--ray", "10.1.2.3:6379")
     assert code == 2 and "add --workers N" in err, err
+
+
+@pytest.mark.torchrun
+def test_a_trial_of_two_gpus_runs_as_one_torchrun_group_per_worker(project):
+    """resources.gpus_per_trial 2 on 4 GPUs: two workers, each a torchrun group of 2 ranks on its own pair of GPUs;
+    every trial is trained by both ranks of its group and logged once."""
+    spec = fleet_spec(2, max_steps=4, eval_steps=2)
+    spec["resources"] = {"gpus_per_trial": 2, "cpus_per_trial": 1}
+    write_spec(project, spec)
+    driver = gpu_driver(project, "--workers", "2", "--no-progress")
+    code = driver.wait(timeout=600)
+    out = (project / "driver.log").read_text()
+    assert code == 0, out[-3000:]
+    assert "Ray: 2 workers of 2 GPU and 1 CPU each" in out, out
+    trials = trained(project)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2, [(t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
+    trial_runs = runs(project)
+    assert sorted(int(r.data.tags["afina.trial"]) for r in trial_runs) == [0, 1]  # one run per trial: rank 1 logs nothing
+    assert all(r.data.params["world_size"] == "2" for r in trial_runs)  # both ranks trained every trial
+    groups = {(r.data.tags["afina.worker"], r.data.tags["afina.gpu"]) for r in trial_runs}
+    ids = [gpu for _, pair in groups for gpu in pair.split(",")]
+    assert len(ids) == 2 * len(groups) and len(set(ids)) == len(ids), groups  # Ray gave each group two GPUs of its own
