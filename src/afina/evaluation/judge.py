@@ -47,40 +47,22 @@ def ask(cfg, messages: list[str]) -> list[str]:
     return textgen.generate(model, tok, messages, cfg.max_new_tokens, 0.0)
 
 
-def _reference(cfg, p: dict) -> str:
-    return f"Reference answer: {p['reference']}\n" if p.get("reference") and cfg.show_reference else ""
+def _message(template: str, cfg, p: dict, **answers) -> str:
+    """One question to the judge: the rubric, the prompt, the reference when shown, and the answer(s) to judge."""
+    reference = f"Reference answer: {p['reference']}\n" if p.get("reference") and cfg.show_reference else ""
+    return template.format(rubric=cfg.rubric, prompt=p["prompt"], reference=reference, **answers)
 
 
 def score(cfg, prompts: list[dict], outputs: list[str]) -> tuple[list[float | None], list[str]]:
     """(score per answer or None when unparseable, raw replies)."""
     lo, hi = cfg.scale
-    messages = [
-        PROMPT.format(
-            rubric=cfg.rubric,
-            prompt=p["prompt"],
-            answer=o,
-            lo=lo,
-            hi=hi,
-            reference=_reference(cfg, p),
-        )
-        for p, o in zip(prompts, outputs, strict=True)
-    ]
-    raw = ask(cfg, messages)
+    raw = ask(cfg, [_message(PROMPT, cfg, p, answer=o, lo=lo, hi=hi) for p, o in zip(prompts, outputs, strict=True)])
     return [parse_score(r, lo, hi) for r in raw], raw
 
 
 def verdicts(cfg, prompts: list[dict], a: list[str], b: list[str]) -> list[str | None]:
     """Pairwise: 'A', 'B', 'tie' or None (unparseable) per prompt."""
-    messages = [
-        PAIR.format(
-            rubric=cfg.rubric,
-            prompt=p["prompt"],
-            a=x,
-            b=y,
-            reference=_reference(cfg, p),
-        )
-        for p, x, y in zip(prompts, a, b, strict=True)
-    ]
+    messages = [_message(PAIR, cfg, p, a=x, b=y) for p, x, y in zip(prompts, a, b, strict=True)]
     return [parse_verdict(r) for r in ask(cfg, messages)]
 
 
