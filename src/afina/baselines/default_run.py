@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from afina import tracking
 from afina.evaluation import metrics
-from afina.search import budget, records
+from afina.search import budget, records, winner_refit
 from afina.search import study as study_mod
 from afina.training import resume
 
@@ -105,7 +105,7 @@ def run(ctx: TrialContext, study: optuna.Study, console=None) -> records.Referen
         f"trained for the {spent} steps the sweep spent."
     )
     ctx.client.set_tag(run_id, tracking.NOTE, note)
-    record = records.Reference(run_id, spent, stand_in.user_attrs["results"], counts(spec, ctx.prepared, ctx.prompts))
+    record = records.Reference(run_id, spent, stand_in.user_attrs["results"], winner_refit.sizes(spec, len(ctx.prepared.eval), ctx.prompts))
     records.save(study, record)
     study.set_user_attr("references", [*earlier, run_id])
     log_gaps(ctx.client, ctx.parent_id, study, record)
@@ -121,17 +121,6 @@ def _claim(study, steps: int, heartbeat: int | None) -> dict | None:
     claim = {"steps": steps, "worker": me}
     study.set_user_attr(CLAIM, claim | {"beat": time.time()})
     return claim
-
-
-def counts(spec: Spec, prepared, prompts: list[dict]) -> dict[str, int]:
-    """n behind each result: eval rows for the loss, prompts (with a reference where the metric needs one)."""
-    with_ref = sum(1 for p in prompts if p.get("reference"))
-    out = {"eval_loss": len(prepared.eval)}
-    for m in metrics.for_spec(spec, prompts) if prompts else []:
-        out[m.name] = with_ref if m.needs_reference else len(prompts)
-    if spec.evaluate.judge and prompts:
-        out["judge"] = len(prompts)
-    return out
 
 
 def log_gaps(c: MlflowClient, parent_id: str, study: optuna.Study, record: records.Reference) -> None:
