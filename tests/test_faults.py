@@ -1,5 +1,5 @@
 """Fault matrix: bad storage URLs, folders, data and models give one line and exit code 2 with nothing
-written; a fault inside a trial fails that trial only. Spec typos live in test_spec_errors.py.
+written; a fault inside a trial (out of memory too) fails that trial only. Spec typos live in test_spec_errors.py.
 
 Also: a graceful stop (SIGTERM, first Ctrl-C) checkpoints and resumes; a second Ctrl-C stops at once.
 """
@@ -393,6 +393,60 @@ def test_disk_full_mid_trial_fails_that_trial_only(project, cli, tmpfs):
         run = c.get_run(t.user_attrs["mlflow_run_id"])
         assert run.info.status == "FAILED" and "No space left" in run.data.tags["afina.reason"]
     assert not list((full / "ck").rglob("*.safetensors"))  # the failed trials' scratch is cleaned up
+
+
+@pytest.mark.drill
+def test_out_of_memory_fails_that_trial_only_and_the_worker_takes_the_next(project):
+    """A sweep whose memory is capped at 4 GiB (RLIMIT_DATA; its normal trials here peak near 2.3 GiB) meets an
+    oversized configuration first: a batch of 256 rows of 2k tokens, gigabytes of activations. That trial fails
+    with an out-of-memory reason and its run is closed FAILED; the same worker process frees what it held and
+    completes the two normal configurations after it."""
+    import os
+    import resource
+    import sys
+
+    from mlflow import MlflowClient
+
+    from helpers.specs import jsonl
+
+    answer = "La camiseta básica de algodón orgánico se lava a treinta grados y no encoge. " * 34  # < max_length
+    rows = [
+        {"messages": [{"role": "user", "content": f"Háblame de la prenda {i}"}, {"role": "assistant", "content": answer}]}
+        for i in range(256)
+    ]
+    spec = tiny_spec(
+        data={
+            "slices": {"long": {"path": str(jsonl(project / "long.jsonl", rows))}},
+            "eval": {"path": str(TIENDA / "eval.jsonl"), "max_rows": 8},
+        },
+        train={"max_length": 2048},
+        search={"n_trials": 3, "seed": 1, "sampler": "grid"},  # seed 1: the grid's oversized point goes first
+        samples={"prompts": []},
+    )
+    spec["search"]["space"] = {"train.per_device_train_batch_size": {"categorical": [256, 2, 4]}}
+    write_spec(project, spec)
+    cap = 4 << 30
+    done = subprocess.run(
+        [sys.executable, "-m", "afina", "sweep", "spec.yaml", "--no-progress"],
+        cwd=project,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_DATA, (cap, cap)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{project}/mlruns/optuna.db").get_trials()
+    assert [t.params["train.per_device_train_batch_size"] for t in trials] == [256, 4, 2]
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"], [t.user_attrs.get("fail_reason") for t in trials]
+    reason = trials[0].user_attrs["fail_reason"]
+    assert reason.startswith("out of memory (") and "lower per_device_train_batch_size or max_length" in reason, reason
+    assert len({t.user_attrs["worker"] for t in trials}) == 1  # one process took all three
+    c = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")
+    runs = c.search_runs([c.get_experiment_by_name("tiny").experiment_id])
+    assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    failed = c.get_run(trials[0].user_attrs["mlflow_run_id"])
+    assert failed.info.status == "FAILED" and failed.data.tags["afina.reason"] == reason
 
 
 @pytest.fixture(scope="module")

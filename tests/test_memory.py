@@ -86,3 +86,31 @@ def test_lora_trials_share_the_base_weights_and_never_write_them(afina_cache, tm
         assert torch.equal(v, before[k]), f"a trial wrote the pristine base's {k}"
     _, full = models.fresh(bench.model_dir, share_weights=False)
     assert all(p.data_ptr() != q.data_ptr() for p, q in zip(base.parameters(), full.parameters(), strict=True))
+
+
+def test_a_failed_trials_exception_no_longer_holds_what_it_trained():
+    """Whoever still holds a failed trial's exception (Optuna does, until the trial is told) holds its model,
+    optimizer and activations through the traceback's frames: device.release lets them go at once. The whole
+    sweep under a memory cap: tests/test_faults.py (test_out_of_memory_fails_that_trial_only...)."""
+    import weakref
+
+    import torch
+
+    from afina.training import device
+
+    held = []
+
+    def step():
+        activations = torch.zeros(1 << 20)
+        held.append(weakref.ref(activations))
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GiB")
+
+    try:
+        step()
+    except RuntimeError as e:
+        assert device.out_of_memory(e).startswith("out of memory ([enforce fail"), device.out_of_memory(e)
+        assert held[0]() is not None
+        device.release(e)
+        assert held[0]() is None, "the traceback still holds the trial's tensors"
+    assert device.out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert device.out_of_memory(MemoryError()) and not device.out_of_memory(ValueError("a bad batch"))

@@ -1,4 +1,5 @@
-"""This machine's fastest correct training settings: SFTConfig defaults and the attention kernel."""
+"""This machine's fastest correct training settings (SFTConfig defaults, the attention kernel), and what a trial
+that ran out of memory leaves behind."""
 
 from __future__ import annotations
 
@@ -50,3 +51,34 @@ def attention() -> str | None:
     if not torch.cuda.is_available():
         return None  # transformers' default (SDPA) is the fastest on CPU
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """The reason a trial failed, when it ran out of memory (CUDA, or the host's allocator); None otherwise."""
+    import torch
+
+    text = str(e).strip()
+    if not (
+        isinstance(e, (MemoryError, torch.OutOfMemoryError))
+        or (isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
+    ):
+        return None
+    first = text.splitlines()[0][:200] if text else type(e).__name__
+    return f"out of memory ({first}); lower per_device_train_batch_size or max_length, or give the trial more memory"
+
+
+def release(e: BaseException) -> None:
+    """Free what a failed trial held before the worker takes the next one. Its trainer, model, optimizer and
+    activations live on in the frames of the exception's traceback for as long as the exception does (Optuna
+    keeps it until the trial is told), and a CUDA cache keeps the freed blocks from other processes."""
+    import gc
+    import traceback
+
+    import torch
+
+    while e is not None:
+        traceback.clear_frames(e.__traceback__)
+        e = e.__cause__ or e.__context__
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from afina import data, tracking
 from afina.data import chat_rows
 from afina.spec import space
-from afina.training import distributed, resume, stop
+from afina.training import device, distributed, resume, stop
 from afina.training.train import Job, fit
 
 if TYPE_CHECKING:
@@ -82,7 +82,8 @@ def run(ctx: TrialContext, trial, on_step: Callable[[int, int], None] | None = N
         raise
     except BaseException as e:  # Ctrl-C and OOM included: the run is closed with the reason, then it re-raises
         with stop.shield():  # a second Ctrl-C must not leave this run RUNNING
-            reason = tracking.redact(f"{type(e).__name__}: {e}".strip())
+            reason = tracking.redact(device.out_of_memory(e) or f"{type(e).__name__}: {e}".strip())
+            device.release(e)  # first: the records below need memory, and the next trial must not train beside this one
             if isinstance(e, KeyboardInterrupt):
                 trial.set_user_attr("interrupted", True)  # the next sweep runs these params again
             trial.set_user_attr("fail_reason", reason[:500])
