@@ -25,8 +25,8 @@ from helpers.specs import tiny_spec, write_spec
 pytestmark = pytest.mark.fleet  # Ray drivers in their own processes: `make test-all`
 
 # The driver runs in its own process, as a user runs it, on a new local Ray cluster that declares 4 GPUs (Ray hands
-# each worker one, as it would real ones; trials train on the CPU). A Ray driver inside the pytest process left
-# the later tests writing to a closed stderr.
+# each worker one, as it would real ones; trials train on the CPU, which AFINA_LOGICAL_GPUS=1 allows). A Ray driver
+# inside the pytest process left the later tests writing to a closed stderr.
 DRIVER = """
 import sys
 import ray
@@ -37,13 +37,15 @@ main()
 """
 
 
-def gpu_driver(project: Path, *args: str, log: str = "driver.log") -> subprocess.Popen:
-    """`afina sweep spec.yaml ARGS` on a local cluster with 4 logical GPUs, in its own process and session."""
+def gpu_driver(project: Path, *args: str, log: str = "driver.log", logical: bool = True) -> subprocess.Popen:
+    """`afina sweep spec.yaml ARGS` on a local cluster with 4 logical GPUs, in its own process and session;
+    without `logical` the workers are told nothing: GPUs that torch cannot see."""
+    env = {k: v for k, v in os.environ.items() if k != "AFINA_LOGICAL_GPUS"} | {"PYTHONUNBUFFERED": "1"}
     with open(project / log, "w") as f:
         return subprocess.Popen(
             [sys.executable, "-c", DRIVER, *args],
             cwd=project,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=env | ({"AFINA_LOGICAL_GPUS": "1"} if logical else {}),
             stdout=f,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -118,6 +120,23 @@ def test_a_worker_killed_mid_trial_is_started_again_and_its_trial_resumes_from_i
     assert first.user_attrs["worker"] not in workers  # a new process: Ray started the worker again
     assert sum(t.state.name == "COMPLETE" for t in trials) == 2
     assert not [r for r in runs(project) if r.info.status == "RUNNING"]
+
+
+def test_a_worker_given_gpus_that_torch_cannot_see_refuses_before_the_study_exists(project):
+    """The same cluster without AFINA_LOGICAL_GPUS is a machine whose torch sees no CUDA device (a CPU-only build, a
+    broken driver): the first worker refuses before it sets the sweep up, so nothing is written and no other worker
+    starts; the command says why and how to fix it in one line, exit 2. It never trains on the CPU by accident."""
+    write_spec(project, fleet_spec(2))
+    driver = gpu_driver(project, "--workers", "2", "--no-progress", logical=False)
+    code = driver.wait(timeout=300)
+    out = (project / "driver.log").read_text()
+    assert code == 2, out[-3000:]
+    assert "Ray: 2 workers of 1 GPU and 1 CPU each" in out, out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in out, out
+    assert "this worker was given 1 GPU(s) (CUDA_VISIBLE_DEVICES=" in errors[0] and "sees 0" in errors[0], errors
+    assert "install a CUDA build of torch" in errors[0] and "`resources: {gpus_per_trial: 0}`" in errors[0], errors
+    assert not (project / "mlruns").exists(), sorted(map(str, (project / "mlruns").rglob("*")))  # no study, experiment or run
 
 
 def _session_processes(sid: int) -> list[int]:

@@ -251,7 +251,8 @@ def test_mlflow_outage_mid_trial_is_kept_then_synced(stack, tmp_path, cli, monke
 
 def test_workers_on_a_ray_cluster_at_an_address_share_one_study_on_postgresql(stack, tmp_path, monkeypatch):
     """`--workers 2 --ray ADDRESS`: a Ray head started apart (as `ray start` on a Slurm node would), the study on
-    PostgreSQL and the runs on `afina server`; each worker takes one of the head's two GPUs. Ray's token
+    PostgreSQL and the runs on `afina server`; each worker takes one of the head's two logical GPUs (the driver
+    passes AFINA_LOGICAL_GPUS to workers the head started, which do not inherit its environment). Ray's token
     authentication is off on both sides: on one machine the token of one local cluster would shadow another's."""
     import subprocess
     import sys
@@ -284,7 +285,7 @@ def test_workers_on_a_ray_cluster_at_an_address_share_one_study_on_postgresql(st
         driver = subprocess.run(  # the driver in its own process: a Ray driver in pytest's process breaks later tests
             [sys.executable, "-m", "afina", "sweep", str(path), "--no-progress", *args],
             cwd=tmp_path,
-            env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+            env={**os.environ, "RAY_AUTH_MODE": "disabled", "AFINA_LOGICAL_GPUS": "1"},  # the head learns it from the driver
             capture_output=True,
             text=True,
             timeout=600,

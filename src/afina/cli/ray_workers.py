@@ -45,7 +45,9 @@ def run(spec: Spec, spec_path: str, console, workers: int, address: str | None, 
         _say_where(console, ray, workers, gpus, spec.resources.cpus_per_trial)
         if dashboard:
             console.print(f"Ray dashboard: http://{dashboard}")
-        task = ray.remote(worker).options(num_gpus=gpus, num_cpus=spec.resources.cpus_per_trial, max_retries=RETRIES)
+        task = ray.remote(worker).options(
+            num_gpus=gpus, num_cpus=spec.resources.cpus_per_trial, max_retries=RETRIES, runtime_env=_runtime_env()
+        )
         here, path = os.getcwd(), str(Path(spec_path).resolve())  # the workers' stores and data resolve from here
         results = _watch(ray, lambda i: task.remote(path, overrides, gpus, i, here), workers, spec, console, progress)
     finally:
@@ -75,10 +77,12 @@ def worker(spec_path: str, overrides: dict, gpus: int, index: int, cwd: str) -> 
     takes more than one), in the driver's folder where this machine has it (the spec's relative paths: its
     SQLite stores and checkpoints on one machine). Returns why the whole study failed, or None."""
     from afina.cli import options
+    from afina.training import device
 
     if Path(cwd).is_dir():
         os.chdir(cwd)
     options.offline_defaults()
+    device.require_gpus(gpus)  # before the study exists: the first worker sets it up
     if gpus > 1:
         return _torchrun(spec_path, overrides, gpus)
     from rich.console import Console
@@ -93,6 +97,14 @@ def worker(spec_path: str, overrides: dict, gpus: int, index: int, cwd: str) -> 
     except RunFailed as e:
         return str(e)
     return None
+
+
+def _runtime_env() -> dict | None:
+    """The driver's settings its workers need: those on a cluster started apart do not inherit its environment."""
+    from afina.training import device
+
+    env = {k: os.environ[k] for k in (device.LOGICAL_GPUS,) if k in os.environ}
+    return {"env_vars": env} if env else None
 
 
 def _torchrun(spec_path: str, overrides: dict, gpus: int) -> str | None:
@@ -154,6 +166,8 @@ def _watch(ray, start, workers: int, spec: Spec, console, progress: bool) -> lis
             while pending:
                 done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL)
                 results += _gather(ray, done)
+                if not pending and (refused := [r for r in results if isinstance(r, UserError)]) and not set_up(spec):
+                    raise refused[0]  # the first worker refused to start: nothing is written, one line for the user
                 if len(results) + len(pending) < workers and (results or set_up(spec)):
                     pending += [start(i) for i in range(len(results) + len(pending), workers)]
                 if progress:
@@ -188,6 +202,9 @@ def _gather(ray, done: list) -> list:
             out.append(ray.get(ref))
         except ray.exceptions.RayError as e:  # a worker that failed after its retries: its reason, not its traceback
             cause = getattr(e, "cause", None) or e
+            if isinstance(cause, UserError):  # it refused to start (GPUs torch cannot see): its own line
+                out.append(cause)
+                continue
             out.append(
                 f"a worker failed: {type(cause).__name__}: {str(cause).strip().splitlines()[-1][:300] if str(cause).strip() else ''}"
             )
@@ -229,7 +246,7 @@ def outcome(spec: Spec, spec_path: str, console, results: list) -> None:
 
     study = study_mod.open(spec)
     console.print(leaderboard.table(study))
-    failed = [r for r in results if r]
+    failed = [str(r) for r in results if r]
     if failed and len(failed) == len(results):
         raise RunFailed(failed[0])
     for why in failed:

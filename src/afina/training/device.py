@@ -1,9 +1,15 @@
-"""This machine's fastest correct training settings (SFTConfig defaults, the attention kernel), and what a trial
-that ran out of memory leaves behind."""
+"""This machine's fastest correct training settings (SFTConfig defaults, the attention kernel), the check that a
+worker given GPUs can use them, and what a trial that ran out of memory leaves behind."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+from afina import UserError
+
+# Ray's logical GPUs on a machine without them (the fleet tests): the workers train on the CPU on purpose.
+LOGICAL_GPUS = "AFINA_LOGICAL_GPUS"
 
 
 def device_defaults(train_kw: dict | None = None) -> dict[str, Any]:
@@ -51,6 +57,21 @@ def attention() -> str | None:
     if not torch.cuda.is_available():
         return None  # transformers' default (SDPA) is the fastest on CPU
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
+
+
+def require_gpus(gpus: int) -> None:
+    """A worker given GPUs trains on them, never on the CPU by accident: refuse when torch cannot see them."""
+    if not gpus or os.environ.get(LOGICAL_GPUS) == "1":
+        return
+    import torch
+
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if seen < gpus:
+        raise UserError(
+            f"this worker was given {gpus} GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}) "
+            f"but torch {torch.__version__} sees {seen}; install a CUDA build of torch (and check the driver with nvidia-smi), "
+            "or set `resources: {gpus_per_trial: 0}` to train on CPUs"
+        )
 
 
 def out_of_memory(e: BaseException) -> str | None:
