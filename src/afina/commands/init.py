@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from afina import UserError, data, models
-from afina.data import chat_rows, health, health_report, sources
+from afina.data import chat_rows, health, health_report, sources, token_lengths
 from afina.spec import schema as spec_mod
 from afina.tracking import logs
 
@@ -151,7 +151,7 @@ def _max_length(prepared: data.Prepared, tokenizer) -> int:
     rows = [r for rows in prepared.slices.values() for r in rows]
     if not rows:
         return 256
-    lengths = sorted(health.tokens(rows, tokenizer))
+    lengths = sorted(token_lengths.tokens(rows, tokenizer))
     p95 = lengths[int(0.95 * (len(lengths) - 1))]
     return int(min(1024, max(128, -(-p95 // 64) * 64)))
 
