@@ -1,10 +1,11 @@
 """Search + refit vs one default run of equal total compute, per shipped spec and seed.
 
 For each seed: `afina sweep` with `budget: {steps: B, refit: R}` (search seed, training seed = the
-seed), then one default run trained for exactly the steps the sweep spent (budget.sweep_steps): TRL's
-SFTConfig defaults (learning rate 2e-5, linear decay, batch 8) and PEFT's LoraConfig defaults on
-all linear layers, with the spec's max_length, eval cadence and the same data (every slice at its
-spec setting). Both are evaluated the same way: eval loss on the spec's eval set, and ROUGE-L /
+seed), then one default run trained for exactly the steps the sweep spent (budget.sweep_steps): the
+run `baseline: {default_run: true}` trains (baselines/default_run.default_spec): TRL's SFTConfig
+defaults at the method's documented learning rate (2e-4 for LoRA, 2e-5 for full), PEFT's LoraConfig
+defaults on all linear layers, the spec's batch size, max_length and loss, and the same data (every
+slice at its spec setting). Both are evaluated the same way: eval loss on the spec's eval set, and ROUGE-L /
 chrF of greedy answers to held-out prompts (the spec's samples plus up to `prompts` rows of its
 eval set, answer = reference). payoff.record compares them, as `afina status` does.
 """
@@ -113,16 +114,15 @@ def _default_run(spec, study, steps: int, seed: int) -> str:
     import optuna
 
     from afina import data, models
+    from afina.baselines import default_run
     from afina.evaluation import metrics
+    from afina.search import records
     from afina.search import study as study_mod
     from afina.training import trial
     from afina.training.context import TrialContext
 
-    ref = spec.model_copy(deep=True)
-    ref.search.space = {}  # no picks: every slice at its spec setting, every field at its default
-    keep = ("max_length", "eval_steps", "per_device_eval_batch_size")
-    ref.train = {**{k: v for k, v in spec.train.items() if k in keep}, "max_steps": steps, "seed": seed}
-    ref.lora = {}
+    ref = default_run.default_spec(spec, steps)  # what `baseline: {default_run: true}` trains: the method's documented rate
+    ref.train = {**ref.train, "seed": seed}
     c = study_mod.client(spec)
     parent = study.user_attrs["mlflow_parent_run_id"]
     ctx = TrialContext(
@@ -138,5 +138,5 @@ def _default_run(spec, study, steps: int, seed: int) -> str:
     )
     fixed = optuna.trial.FixedTrial({}, 0)
     trial.run(ctx, fixed, role="reference")
-    study.set_user_attr("reference", {"run_id": fixed.user_attrs["mlflow_run_id"], "steps": steps, "results": fixed.user_attrs["results"]})
+    records.save(study, records.Reference(fixed.user_attrs["mlflow_run_id"], steps, fixed.user_attrs["results"]))
     return fixed.user_attrs["mlflow_run_id"]
