@@ -7,14 +7,18 @@ The same workers as a Slurm job array: tests/test_slurm.py."""
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import optuna
 import pytest
+import requests
 from mlflow import MlflowClient
 
 from afina.search.study import skipped
@@ -106,7 +110,8 @@ def test_a_worker_killed_mid_trial_is_started_again_and_its_trial_resumes_from_i
     assert driver.poll() is None, (project / "driver.log").read_text()[-3000:]
     first = study(project).trials[0]
     ckpts = project / "mlruns" / "checkpoints" / "tiny" / "trial-0"
-    wait_for(lambda: any(ckpts.glob("checkpoint-*")), 120, "trial 0's first checkpoint")
+    # A complete one: a kill while the first is being written left the retry nothing to resume from.
+    wait_for(lambda: any(ckpts.glob("checkpoint-*/trainer_state.json")), 120, "trial 0's first complete checkpoint")
     pid = int(first.user_attrs["worker"].rsplit(":", 1)[1])
     os.kill(pid, signal.SIGKILL)
     assert driver.wait(timeout=400) == 0, (project / "driver.log").read_text()[-3000:]
@@ -151,8 +156,17 @@ def _session_processes(sid: int) -> list[int]:
     return out
 
 
-def _afina(project: Path, *args: str, log: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _left_behind(sid: int, wait: float = 30) -> list[int]:
+    """The session's processes still alive after up to `wait` seconds: the dashboard's module processes end
+    about 2 s after the driver that started Ray."""
+    deadline = time.monotonic() + wait
+    while (left := _session_processes(sid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def _afina(project: Path, *args: str, log: str, **extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
     with open(project / log, "w") as f:
         return subprocess.Popen(
             [sys.executable, "-m", "afina", "sweep", "spec.yaml", *args],
@@ -164,26 +178,32 @@ def _afina(project: Path, *args: str, log: str) -> subprocess.Popen:
         )
 
 
-def test_embedded_cluster_on_default_stores_then_ctrl_c_leaves_nothing_running(project):
+def test_embedded_cluster_on_default_stores_then_ctrl_c_leaves_nothing_running(project, monkeypatch):
     """No cluster, no server set up by hand: `--workers 2` starts Ray, runs the study on the project's own
-    SQLite stores and stops Ray. Then Ctrl-C on a longer sweep: exit 130, every run closed, no process left."""
+    SQLite stores and stops Ray. Then a longer sweep: the dashboard at the printed link answers while it runs,
+    to Ray's token only; Ctrl-C: exit 130, every run closed, no process left (the dashboard's neither)."""
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Ray's default: a cluster that ray.init starts asks for a token
     write_spec(project, fleet_spec(3, max_steps=8, eval_steps=4))
     proc = _afina(project, "--workers", "2", "--no-progress", log="first.log")
     assert proc.wait(timeout=400) == 0, (project / "first.log").read_text()[-3000:]
     text = (project / "first.log").read_text()
     assert "Ray: 2 workers of 0 GPU and 1 CPU each" in text and "best trial" in text, text[-3000:]
+    assert "Ray dashboard: http://127.0.0.1:" in text, text[-3000:]
     assert [t.state.name for t in trained(project)] == ["COMPLETE"] * 3
-    assert not _session_processes(proc.pid)  # Ray's processes went with it
+    assert not _left_behind(proc.pid)  # Ray's processes went with it
 
     write_spec(project, fleet_spec(6, max_steps=200, eval_steps=10))
-    proc = _afina(project, "--workers", "2", "--no-progress", log="second.log")
+    token = secrets.token_hex(32)  # the cluster's own, not the one Ray keeps in ~/.ray/auth_token
+    proc = _afina(project, "--workers", "2", "--no-progress", log="second.log", RAY_AUTH_TOKEN=token)
     wait_for(trial_running(project, 4, evaluated=True), 300, "both workers to train (trials 3 and 4 of the resumed study)")
+    link = re.search(r"Ray dashboard: (http://\S+)", (project / "second.log").read_text())
+    assert link, (project / "second.log").read_text()[-3000:]
+    version = requests.get(f"{link[1]}/api/version", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert version.status_code == 200 and version.json()["ray_version"] == metadata.version("ray"), version.text
+    assert requests.get(f"{link[1]}/api/version", timeout=30).status_code == 401  # Ray's token guards it
     os.kill(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=400) == 130, (project / "second.log").read_text()[-3000:]
-    deadline = time.monotonic() + 30
-    while _session_processes(proc.pid) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert not _session_processes(proc.pid), "processes of the sweep are still alive"
+    assert not _left_behind(proc.pid), "processes of the sweep are still alive"
     assert not [r for r in runs(project) if r.info.status == "RUNNING"]
     assert not [t for t in study(project).trials if t.state.name == "RUNNING"]
 

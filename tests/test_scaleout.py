@@ -5,8 +5,12 @@ Faults injected here: a worker killed with SIGKILL mid-trial, and the MLflow ser
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -249,55 +253,52 @@ def test_mlflow_outage_mid_trial_is_kept_then_synced(stack, tmp_path, cli, monke
     assert code == 0 and "nothing to send" in text
 
 
-def test_workers_on_a_ray_cluster_at_an_address_share_one_study_on_postgresql(stack, tmp_path, monkeypatch):
-    """`--workers 2 --ray ADDRESS`: a Ray head started apart (as `ray start` on a Slurm node would), the study on
-    PostgreSQL and the runs on `afina server`; each worker takes one of the head's two logical GPUs (the driver
-    passes AFINA_LOGICAL_GPUS to workers the head started, which do not inherit its environment). Ray's token
-    authentication is off on both sides: on one machine the token of one local cluster would shadow another's."""
-    import subprocess
-    import sys
+def ray_node(nodes: list, log: Path, env: dict, *args: str) -> None:
+    """`ray start ARGS --block` with one CPU and one (logical) GPU, in its own session, added to `nodes`; returns
+    once the node runs."""
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", *args, "--num-cpus", "1", "--num-gpus", "1"]
+    nodes.append(subprocess.Popen([*cmd, "--block"], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True))
+    wait_for(lambda: b"Ray runtime started" in log.read_bytes() or nodes[-1].poll() is not None, 120, f"`ray start` ({log.name})")
+    assert nodes[-1].poll() is None, log.read_text()[-2000:]
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    port = free_port()
-    ray_bin = Path(sys.executable).with_name("ray")
-    head = subprocess.Popen(
-        [
-            str(ray_bin),
-            "start",
-            "--head",
-            "--port",
-            str(port),
-            "--num-cpus",
-            "2",
-            "--num-gpus",
-            "2",
-            "--include-dashboard",
-            "false",
-            "--block",
-        ],
-        stdout=(tmp_path / "ray.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+
+def test_workers_on_a_ray_cluster_at_an_address_share_one_study_on_postgresql(stack, tmp_path):
+    """`--workers 2 --ray ADDRESS`: a Ray head and a worker node started apart (as `ray start` on Slurm nodes
+    would), the study on PostgreSQL and the runs on `afina server`; each worker takes the (logical) GPU of one node,
+    AFINA_LOGICAL_GPUS reaching the nodes' workers from the driver through the task's runtime_env. Ray's
+    token authentication is on, with this cluster's own token in a file, shared as README's step 5 says
+    (RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH for the head, the node and the driver); a driver without them is
+    refused in one line."""
+    (tmp_path / "ray_token").write_text(secrets.token_hex(32))
+    bare = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    token = {**bare, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "ray_token"), "AFINA_LOGICAL_GPUS": "1"}
+    port, nodes = free_port(), []
+    path = spec_for(tmp_path, "rayed", 4, max_steps=8, eval_steps=4)
+    args = ["--workers", "2", "--ray", f"127.0.0.1:{port}", "--storage", stack["storage"], "--tracking-uri", stack["uri"]]
+    cmd = [sys.executable, "-m", "afina", "sweep", str(path), "--no-progress", *args]
     try:
-        path = spec_for(tmp_path, "rayed", 4, max_steps=8, eval_steps=4)
-        args = ["--workers", "2", "--ray", f"127.0.0.1:{port}", "--storage", stack["storage"], "--tracking-uri", stack["uri"]]
-        driver = subprocess.run(  # the driver in its own process: a Ray driver in pytest's process breaks later tests
-            [sys.executable, "-m", "afina", "sweep", str(path), "--no-progress", *args],
-            cwd=tmp_path,
-            env={**os.environ, "RAY_AUTH_MODE": "disabled", "AFINA_LOGICAL_GPUS": "1"},  # the head learns it from the driver
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        ray_node(nodes, tmp_path / "head.log", token, "--head", "--port", str(port), "--include-dashboard", "false")
+        ray_node(nodes, tmp_path / "node.log", token, "--address", f"127.0.0.1:{port}")
+        # Drivers in their own processes: a Ray driver in pytest's process breaks later tests.
+        refused = subprocess.run(cmd, cwd=tmp_path, env=bare, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2, (refused.stdout[-2000:], refused.stderr[-2000:])
+        assert "gcs_client" not in refused.stderr and "Traceback" not in refused.stderr, refused.stderr  # Ray's 20 lines held back
+        why = f"error: the Ray cluster at 127.0.0.1:{port} asks for its token: export RAY_AUTH_MODE=token and put the cluster"
+        assert refused.stderr.strip().splitlines()[-1].startswith(why), refused.stderr
+        driver = subprocess.run(cmd, cwd=tmp_path, env=token, capture_output=True, text=True, timeout=600)
         out, err = driver.stdout, driver.stderr
-        assert driver.returncode == 0, (out[-2000:], err[-2000:], (tmp_path / "ray.log").read_text()[-2000:])
-        assert "Ray: 2 workers of 1 GPU and 1 CPU each, on 1 node(s) with 2 GPUs" in out, out
+        assert driver.returncode == 0, (out[-2000:], err[-2000:], *[(tmp_path / f).read_text()[-2000:] for f in ("head.log", "node.log")])
+        assert "Ray: 2 workers of 1 GPU and 1 CPU each, on 2 node(s) with 2 GPUs" in out, out
     finally:
-        stop(head)
+        for node in reversed(nodes):
+            node.terminate()  # `ray start` alone stops its node in seconds; SIGTERM to its group made it wait 30 s
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.wait(timeout=30)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)  # whatever of its session is left
     study = load(stack, "rayed")
     assert [t.state.name for t in study.trials if not skipped(t)] == ["COMPLETE"] * 4  # less surplus asks (never trained)
     _, trial_runs = runs(stack, "rayed")
     assert sorted(int(r.data.tags["afina.trial"]) for r in trial_runs) == [0, 1, 2, 3]
-    assert {r.data.tags["afina.gpu"] for r in trial_runs} <= {"0", "1"}
+    assert {r.data.tags["afina.gpu"] for r in trial_runs} == {"0"}  # each node's one GPU
     assert SECRET not in out + err
