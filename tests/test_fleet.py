@@ -56,6 +56,12 @@ def gpu_driver(project: Path, *args: str, log: str = "driver.log", logical: bool
         )
 
 
+def run_driver(project: Path, *args: str, timeout: int = 600, logical: bool = True) -> tuple[int, str]:
+    """gpu_driver to its end: its exit code and everything it printed."""
+    code = gpu_driver(project, *args, logical=logical).wait(timeout=timeout)
+    return code, (project / "driver.log").read_text()
+
+
 def fleet_spec(n_trials: int, **train) -> dict:
     spec = tiny_spec(samples={"prompts": []})
     spec["search"].update(n_trials=n_trials, heartbeat=1, space={"train.learning_rate": {"float": [1e-4, 1e-2], "log": True}})
@@ -81,9 +87,7 @@ def runs(project: Path, role: str = "trial") -> list:
 
 def test_four_workers_share_a_twelve_trial_study_each_on_its_own_gpu(project):
     write_spec(project, fleet_spec(12, max_steps=24, eval_steps=8))
-    driver = gpu_driver(project, "--workers", "4", "--no-progress")
-    code = driver.wait(timeout=600)
-    out = (project / "driver.log").read_text()
+    code, out = run_driver(project, "--workers", "4", "--no-progress")
     assert code == 0, out[-3000:]
     assert "Ray: 4 workers of 1 GPU and 1 CPU each" in out, out
     trials = trained(project)
@@ -132,9 +136,7 @@ def test_a_worker_given_gpus_that_torch_cannot_see_refuses_before_the_study_exis
     broken driver): the first worker refuses before it sets the sweep up, so nothing is written and no other worker
     starts; the command says why and how to fix it in one line, exit 2. It never trains on the CPU by accident."""
     write_spec(project, fleet_spec(2))
-    driver = gpu_driver(project, "--workers", "2", "--no-progress", logical=False)
-    code = driver.wait(timeout=300)
-    out = (project / "driver.log").read_text()
+    code, out = run_driver(project, "--workers", "2", "--no-progress", timeout=300, logical=False)
     assert code == 2, out[-3000:]
     assert "Ray: 2 workers of 1 GPU and 1 CPU each" in out, out
     errors = [line for line in out.splitlines() if line.startswith("error:")]
@@ -226,9 +228,7 @@ def test_a_trial_of_two_gpus_runs_as_one_torchrun_group_per_worker(project):
     spec = fleet_spec(2, max_steps=4, eval_steps=2)
     spec["resources"] = {"gpus_per_trial": 2, "cpus_per_trial": 1}
     write_spec(project, spec)
-    driver = gpu_driver(project, "--workers", "2", "--no-progress")
-    code = driver.wait(timeout=600)
-    out = (project / "driver.log").read_text()
+    code, out = run_driver(project, "--workers", "2", "--no-progress")
     assert code == 0, out[-3000:]
     assert "Ray: 2 workers of 2 GPU and 1 CPU each" in out, out
     trials = trained(project)
