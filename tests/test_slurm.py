@@ -4,6 +4,10 @@ runs in its own process, as a user starts it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from helpers.files import nothing_written
@@ -27,10 +31,36 @@ def test_workers_as_a_slurm_array_through_submitit(project):
     assert len(logs) == 2, logs  # one task log per worker
 
 
+def test_a_task_given_gpus_that_torch_cannot_see_refuses_in_one_line_and_no_other_task_is_submitted(project):
+    """`resources: {gpus_per_trial: 1}` on a machine whose torch sees no CUDA device: submitit gives the first task
+    CUDA_VISIBLE_DEVICES=0, the task refuses before it sets the sweep up, and the driver says so in one line, exit 2,
+    with no study, run or checkpoint written and the rest of the array never submitted."""
+    spec = fleet_spec(2)
+    spec["resources"] = {"gpus_per_trial": 1}
+    write_spec(project, spec)
+    env = {k: v for k, v in os.environ.items() if k != "AFINA_LOGICAL_GPUS"}
+    with open(project / "slurm.log", "w") as f:
+        code = subprocess.run(
+            [sys.executable, "-m", "afina", "sweep", "spec.yaml", "--workers", "2", "--slurm", "--no-progress"],
+            cwd=project,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        ).returncode
+    out = (project / "slurm.log").read_text()
+    assert code == 2, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in out, out
+    assert "this worker was given 1 GPU(s) (CUDA_VISIBLE_DEVICES='0')" in errors[0] and "sees 0" in errors[0], errors
+    assert "submitted jobs" not in out, out
+    made = sorted(str(p.relative_to(project)) for p in (project / "mlruns").rglob("*") if p.is_file())
+    assert made and all(p.startswith("mlruns/slurm/") for p in made), made  # the first task's own log, nothing else
+    assert len(list((project / "mlruns" / "slurm").glob("*/*_log.out"))) == 1
+
+
 def test_bad_slurm_options_are_one_line(project, cli):
     """In-process: neither refusal imports submitit (in pytest's process it left later tests without a stderr)."""
-    import sys
-
     write_spec(project, fleet_spec(2))
     with nothing_written(project):
         code, out, err = cli("sweep", "spec.yaml", "--workers", "2", "--slurm", "--slurm-args", "partition")

@@ -51,12 +51,14 @@ def run(spec: Spec, spec_path: str, console, workers: int, slurm_args: str | Non
         raise UserError(f"--slurm-args: {e}; give Slurm options as key=value, e.g. 'partition=gpu,time=240'") from None
     here, path = os.getcwd(), str(Path(spec_path).resolve())
     console.print(f"Slurm ({executor.cluster}): {workers} workers of {gpus} GPU each; task logs in {folder}")
-    jobs = [executor.submit(ray_workers.worker, path, overrides, gpus, 0, here)]
+    jobs = [executor.submit(task, path, overrides, gpus, 0, here)]
     try:
         while not jobs[0].done() and not ray_workers.set_up(spec):  # the first worker sets the sweep up alone
             time.sleep(ray_workers.POLL)
+        if jobs[0].done() and isinstance(refused := _result(jobs[0]), UserError) and not ray_workers.set_up(spec):
+            raise refused  # it refused to start (GPUs torch cannot see): nothing is written, no other task submitted
         with executor.batch():  # the others as one array
-            rest = [executor.submit(ray_workers.worker, path, overrides, gpus, i, here) for i in range(1, workers)]
+            rest = [executor.submit(task, path, overrides, gpus, i, here) for i in range(1, workers)]
         jobs += rest
         console.print(f"submitted jobs {', '.join(str(j.job_id) for j in jobs)}")
         with Live(console=console, auto_refresh=False) as live:
@@ -69,14 +71,24 @@ def run(spec: Spec, spec_path: str, console, workers: int, slurm_args: str | Non
         for job in jobs:
             job.cancel(check=False)  # Slurm's SIGTERM, the local executor's SIGINT: the sweep's own stop
         raise
-    results = []
-    for job in jobs:
-        try:
-            results.append(job.result())
-        except Exception as e:  # submitit re-raises a task's failure with its log: keep the last line
-            lines = str(e).strip().splitlines()
-            results.append(f"job {job.job_id} failed: {lines[-1][:300] if lines else type(e).__name__}")
-    ray_workers.outcome(spec, spec_path, console, results)
+    ray_workers.outcome(spec, spec_path, console, [_result(job) for job in jobs])
+
+
+def task(spec_path: str, overrides: dict, gpus: int, index: int, cwd: str) -> str | UserError | None:
+    """ray_workers.worker as an array task. A refusal to start comes back as itself: submitit hands the driver
+    only a failed task's traceback text, which is no one-line error for the user."""
+    try:
+        return ray_workers.worker(spec_path, overrides, gpus, index, cwd)
+    except UserError as e:
+        return e
+
+
+def _result(job) -> str | UserError | None:
+    try:
+        return job.result()
+    except Exception as e:  # submitit re-raises a task's failure with its log: keep the last line
+        lines = str(e).strip().splitlines()
+        return f"job {job.job_id} failed: {lines[-1][:300] if lines else type(e).__name__}"
 
 
 def parse(args: str | None) -> dict[str, str | int]:
