@@ -22,7 +22,7 @@ from afina.search.preflight import validate  # also `sweep.validate` for callers
 from afina.search.worker_loop import exclusive, finished, requeue_interrupted, surplus, work
 from afina.spec import defaults, space
 from afina.tracking import logs, samples, spool
-from afina.training import distributed, schedule, stop
+from afina.training import device, distributed, schedule, stop
 from afina.training.context import TrialContext
 
 if TYPE_CHECKING:
@@ -258,10 +258,11 @@ def _follow(ctx: TrialContext) -> None:
                 else:
                     ctx.study_name, ctx.directions = msg["study"], msg["directions"]
                     trial.follow(ctx, msg)
-            except (optuna.TrialPruned, KeyboardInterrupt):  # rank 0 records why
-                pass
+            except (optuna.TrialPruned, KeyboardInterrupt) as e:  # rank 0 records why
+                device.release(e)  # as rank 0 does: the next trial must not train beside this one's memory
             except Exception as e:  # rank 0 fails the trial and records the reason; this rank goes on with the next
                 logging.getLogger(__name__).warning("rank %d: %s: %s", distributed.rank(), type(e).__name__, e)
+                device.release(e)
     finally:
         restore()
 
