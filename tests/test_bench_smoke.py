@@ -119,6 +119,7 @@ def test_defaults_full_fine_tuning_and_padding_free_keep_the_eval_loss(afina_cac
     assert free["relative_diff"] < 1e-5  # attention never crosses the flattened rows
 
 
+@pytest.mark.slow  # SmolLM2's full size: a minute of building, saving and training 135M parameters
 def test_random_weight_architecture_and_its_parameter_count(afina_cache):
     """The GPU harness's random SmolLM2-135M: real architecture, and MFU's N matches the model's parameters."""
     import json

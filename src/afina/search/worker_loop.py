@@ -5,6 +5,7 @@ the lock workers hold while they set a sweep up, and the requeue of interrupted 
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from typing import TYPE_CHECKING
 
@@ -68,7 +69,7 @@ def work(study: optuna.Study, objective, after, spec: Spec, length: int, streak:
         fits = budget.room(study, spec, length)
         if finished(study) + live < n and fits:
             design.fill(study, spec.search)  # the start-up tries every choice of a searched slice (search/design.py)
-            study.optimize(objective, n_trials=1, timeout=left, catch=(Exception,), callbacks=[after], gc_after_trial=True)
+            study.optimize(objective, n_trials=1, timeout=left, catch=(Exception,), callbacks=[after, _collect])
             continue
         if not fits and not live:
             return None  # the budget's search share is spent and no trial is still running
@@ -77,6 +78,13 @@ def work(study: optuna.Study, objective, after, spec: Spec, length: int, streak:
             optuna.storages.fail_stale_trials(study)
         time.sleep(min(beat, 5))
     return None
+
+
+def _collect(study: optuna.Study, t) -> None:
+    """Optuna's gc_after_trial, less the draws skipped before training: a full collection costs about 0.5 s
+    once torch and transformers are loaded, and a small space can skip dozens of repeated draws."""
+    if not study_mod.skipped(t):
+        gc.collect()  # the trainer's and model's reference cycles, before the next trial loads its model
 
 
 def surplus(study, t, n: int) -> bool:
