@@ -259,7 +259,7 @@ def _follow(ctx: TrialContext) -> None:
                     ctx.study_name, ctx.directions = msg["study"], msg["directions"]
                     trial.follow(ctx, msg)
             except (optuna.TrialPruned, KeyboardInterrupt) as e:  # rank 0 records why
-                device.release(e)  # as rank 0 does: the next trial must not train beside this one's memory
+                device.release(e)  # no optimize() loop collects after a follower's trial: the next must not train beside this one's memory
             except Exception as e:  # rank 0 fails the trial and records the reason; this rank goes on with the next
                 logging.getLogger(__name__).warning("rank %d: %s: %s", distributed.rank(), type(e).__name__, e)
                 device.release(e)
